@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine (scripts/setup.sh) and runs every test of the workspace: unit tests,
+# the machines' scenario files and property tests, config fixtures, and the lab tests (real
+# namespaces; they need root). This is the command README.md gives and .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo build --workspace --all-targets
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+# Nothing may be left behind by the lab tests (their guards take labs down even on failure).
+leftovers=$(ip netns list | grep '^tl-' | grep -vc '^tl-demo-' || true)
+if [ "$leftovers" != 0 ]; then
+  echo "test: lab namespaces left behind:" >&2
+  ip netns list | grep '^tl-' | grep -v '^tl-demo-' >&2
+  exit 1
+fi
