@@ -37,6 +37,8 @@ pub enum FarmEvent {
     Resource { name: String, up: bool },
     HookFailed { hook: Hook, reason: String },
     Tick,
+    /// The daemon is shutting down: stop, but start again with the daemon.
+    Shutdown,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +103,12 @@ impl FarmMachine {
                 }
             }
             FarmEvent::Tick => {}
+            FarmEvent::Shutdown => {
+                if self.state != State::Stop {
+                    self.stop(Cause::Stop, &mut out);
+                    self.p.started = true;
+                }
+            }
         }
         if self.state == State::Wait && self.held.is_empty() {
             self.set_state(State::Up, Cause::Start, &mut out);
@@ -224,6 +232,7 @@ impl FarmMachine {
         if from == to {
             return;
         }
+        out.push(log(Level::Info, format!("{from} -> {to} ({cause})")));
         if from == State::Up {
             out.push(self.hook(Hook::StopBoth, to, cause));
             out.push(Action::ReleaseVip);
@@ -239,7 +248,6 @@ impl FarmMachine {
             out.push(Action::TakeVip);
             out.push(self.hook(Hook::StartBoth, to, cause));
         }
-        out.push(log(Level::Info, format!("{from} -> {to} ({cause})")));
         self.state = to;
     }
 

@@ -159,6 +159,9 @@ pub enum MirrorEvent {
     HookFailed { hook: Hook, reason: String },
     /// Time passed (timers: start grace, rejoin backoff, loop window).
     Tick,
+    /// The daemon is shutting down (SIGTERM): stop like `stop`, but remember that the module was
+    /// started so that it starts again with the daemon.
+    Shutdown,
 }
 
 /// The mirror state machine of one module on one node.
@@ -265,6 +268,12 @@ impl MirrorMachine {
             MirrorEvent::ReplicationBroken { reason } => self.broken(now, "replication broken", &reason, &mut out),
             MirrorEvent::HookFailed { hook, reason } => self.hook_failed(now, hook, &reason, &mut out),
             MirrorEvent::Tick => {}
+            MirrorEvent::Shutdown => {
+                if self.state != State::Stop {
+                    self.stop(Cause::Stop, &mut out);
+                    self.p.started = true;
+                }
+            }
         }
         self.reconcile(now, &mut out);
         self.persist(&mut out);
@@ -881,6 +890,7 @@ impl MirrorMachine {
         if from == to {
             return;
         }
+        out.push(Action::Log { level: Level::Info, message: format!("{from} -> {to} ({cause})") });
         let in_role = |s: State| matches!(s, State::Alone | State::Prim | State::Second);
         let serving = |s: State| matches!(s, State::Alone | State::Prim);
         if serving(from) && !serving(to) {
@@ -923,10 +933,6 @@ impl MirrorMachine {
             }
             out.push(self.hook(Hook::StartSecond, to, cause));
         }
-        out.push(Action::Log {
-            level: Level::Info,
-            message: format!("{from} -> {to} ({cause})"),
-        });
         self.state = to;
     }
 
