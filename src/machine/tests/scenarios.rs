@@ -193,6 +193,7 @@ fn run_mirror(sc: &Scenario) -> Vec<String> {
                     ["kill"] => sim.kill(i),
                     ["power-on"] => sim.power_on(i),
                     ["resync-done"] => sim.resync_done(i),
+                    ["shutdown"] => result = sim.event(i, MirrorEvent::Shutdown),
                     ["resync-failed"] => {
                         result = sim.event(i, MirrorEvent::ResyncFailed { reason: "connection reset".into() })
                     }
