@@ -72,7 +72,7 @@ const EXIT_REFUSED: u8 = 1;
 /// Admin commands may wait for hooks (each has a timeout; several may run).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(600);
 
-fn ask(socket: &PathBuf, req: &Request, timeout: Duration) -> Result<Response, u8> {
+fn ask(socket: &std::path::Path, req: &Request, timeout: Duration) -> Result<Response, u8> {
     request(socket, req, timeout).map_err(|e| {
         eprintln!("tandem: {e}");
         EXIT_ERROR
@@ -120,7 +120,13 @@ fn print_table(modules: &[ModuleStatus]) {
             .peers
             .iter()
             .map(|p| match p.state {
-                Some(s) => format!("{} {}{} via {}", p.node, s, p.readiness.map(|r| format!(" ({r})")).unwrap_or_default(), if p.networks.is_empty() { "-".into() } else { p.networks.join(",") }),
+                Some(s) => format!(
+                    "{} {}{} via {}",
+                    p.node,
+                    s,
+                    p.readiness.map(|r| format!(" ({r})")).unwrap_or_default(),
+                    if p.networks.is_empty() { "-".into() } else { p.networks.join(",") }
+                ),
                 None => format!("{} not seen", p.node),
             })
             .collect();

@@ -50,7 +50,13 @@ pub fn run_daemon(args: DaemonArgs) -> anyhow::Result<u8> {
     let modules_dir = args
         .modules
         .unwrap_or_else(|| args.config.parent().map(|p| p.join("modules")).unwrap_or_else(|| PathBuf::from("modules")));
-    let opts = DaemonOptions { config: args.config, node: args.node, state_dir: args.state_dir, socket: args.socket, modules_dir };
+    let opts = DaemonOptions {
+        config: args.config,
+        node: args.node,
+        state_dir: args.state_dir,
+        socket: args.socket,
+        modules_dir,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let vips = tandem_network::Vips::connect().await.context("netlink")?;
@@ -103,7 +109,11 @@ pub fn run_cluster(args: ClusterArgs) -> anyhow::Result<u8> {
     }
     let networks = parsed[0].1.len();
     if let Some((n, a)) = parsed.iter().find(|(_, a)| a.len() != networks) {
-        bail!("node {n} has {} address(es) but {} has {networks}: one address per network for every node", a.len(), parsed[0].0);
+        bail!(
+            "node {n} has {} address(es) but {} has {networks}: one address per network for every node",
+            a.len(),
+            parsed[0].0
+        );
     }
     let toml_path = dir.join("cluster.toml");
     let key_path = dir.join("cluster.key");

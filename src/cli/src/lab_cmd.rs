@@ -104,18 +104,8 @@ fn open(name: &NameArg) -> anyhow::Result<Lab> {
 
 pub fn run(args: LabArgs) -> anyhow::Result<u8> {
     match args.command {
-        LabCommand::Up {
-            name,
-            nodes,
-            networks,
-            dirs,
-        } => {
-            let spec = LabSpec {
-                name: name.name,
-                nodes,
-                networks,
-                private_dirs: dirs,
-            };
+        LabCommand::Up { name, nodes, networks, dirs } => {
+            let spec = LabSpec { name: name.name, nodes, networks, private_dirs: dirs };
             let lab = Lab::up(spec)?;
             print!("{}", lab.status()?);
             Ok(0)
@@ -139,48 +129,27 @@ pub fn run(args: LabArgs) -> anyhow::Result<u8> {
             } else {
                 println!("{:<14} {:>5} {:>8}  NOTE", "LAB", "NODES", "NETWORKS");
                 for l in labs {
-                    let opt =
-                        |v: Option<u8>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+                    let opt = |v: Option<u8>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
                     let note = if !l.complete {
-                        format!(
-                            "half-built or leftovers: run `tandem lab down --name {}`",
-                            l.name
-                        )
+                        format!("half-built or leftovers: run `tandem lab down --name {}`", l.name)
                     } else if !l.killed.is_empty() {
                         format!("killed: {}", l.killed.join(" "))
                     } else {
                         String::new()
                     };
-                    println!(
-                        "{:<14} {:>5} {:>8}  {}",
-                        l.name,
-                        opt(l.nodes),
-                        opt(l.networks),
-                        note
-                    );
+                    println!("{:<14} {:>5} {:>8}  {}", l.name, opt(l.nodes), opt(l.networks), note);
                 }
             }
             Ok(0)
         }
-        LabCommand::Exec {
-            name,
-            host,
-            command,
-        } => {
+        LabCommand::Exec { name, host, command } => {
             let lab = open(&name)?;
             let mut cmd = lab.command(&host, &command)?;
             // Replaces this process: stdio, signals and the exit code are the command's own.
             let err = cmd.exec();
             let prog = command[0].to_string_lossy();
-            eprintln!(
-                "tandem: lab {}: host {host}: cannot run {prog}: {err}",
-                lab.name()
-            );
-            Ok(if err.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            })
+            eprintln!("tandem: lab {}: host {host}: cannot run {prog}: {err}", lab.name());
+            Ok(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
         }
         LabCommand::Kill { name, host } => {
             open(&name)?.kill(&host)?;
@@ -190,19 +159,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<u8> {
             open(&name)?.restart(&host)?;
             Ok(0)
         }
-        LabCommand::Cut {
-            name,
-            host,
-            network,
-        } => {
+        LabCommand::Cut { name, host, network } => {
             open(&name)?.cut(&host, network)?;
             Ok(0)
         }
-        LabCommand::Heal {
-            name,
-            host,
-            network,
-        } => {
+        LabCommand::Heal { name, host, network } => {
             open(&name)?.heal(&host, network)?;
             Ok(0)
         }

@@ -12,7 +12,18 @@ fn tandem(args: &[&str]) -> std::process::Output {
 fn init_writes_a_valid_cluster_and_a_private_key() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let out = tandem(&["cluster", "init", "--name", "prod", "--dir", d, "--node", "a=10.9.0.1,10.9.1.1", "--node", "b=10.9.0.2,10.9.1.2"]);
+    let out = tandem(&[
+        "cluster",
+        "init",
+        "--name",
+        "prod",
+        "--dir",
+        d,
+        "--node",
+        "a=10.9.0.1,10.9.1.1",
+        "--node",
+        "b=10.9.0.2,10.9.1.2",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let toml = dir.path().join("cluster.toml");
     let check = tandem(&["config", "check", toml.to_str().unwrap()]);
@@ -23,7 +34,8 @@ fn init_writes_a_valid_cluster_and_a_private_key() {
     let hex = std::fs::read_to_string(&key).unwrap();
     assert_eq!(hex.trim().len(), 64);
     // Never overwritten by accident: every node holds this key.
-    let again = tandem(&["cluster", "init", "--name", "prod", "--dir", d, "--node", "a=10.9.0.1", "--node", "b=10.9.0.2"]);
+    let again =
+        tandem(&["cluster", "init", "--name", "prod", "--dir", d, "--node", "a=10.9.0.1", "--node", "b=10.9.0.2"]);
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists; use --force"));
     assert_eq!(std::fs::read_to_string(&key).unwrap(), hex);
@@ -56,7 +68,15 @@ fn daemon_refuses_a_bad_configuration_clearly() {
     let cfg = dir.path().join("cluster.toml");
     std::fs::write(&cfg, "name = \"x\"\nkey_fle = \"k\"\n").unwrap();
     let sock = dir.path().join("s.sock");
-    let out = tandem(&["daemon", "--config", cfg.to_str().unwrap(), "--socket", sock.to_str().unwrap(), "--state-dir", dir.path().to_str().unwrap()]);
+    let out = tandem(&[
+        "daemon",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--socket",
+        sock.to_str().unwrap(),
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster.toml:2:1: key_fle: unknown key"), "{err}");

@@ -11,11 +11,7 @@ fn repo() -> PathBuf {
 }
 
 fn tandem(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run tandem")
+    Command::new(env!("CARGO_BIN_EXE_tandem")).current_dir(dir).args(args).output().expect("run tandem")
 }
 
 fn check(dir: &Path, files: &[String]) -> Output {
@@ -40,10 +36,7 @@ fn expectations(path: &Path) -> Vec<String> {
 fn bad_cases() -> Vec<Vec<String>> {
     let dir = repo().join("tests/config/bad");
     let mut cases = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();
     for p in entries {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
@@ -73,26 +66,14 @@ fn shipped_examples_are_valid_together() {
     .to_vec();
     let out = check(&repo(), &files);
     let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        text(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{}", text(&out.stderr));
+    assert!(stdout.contains("ok: docs/examples/cluster.toml (cluster \"lab\", 3 nodes, 2 networks)"), "{stdout}");
     assert!(
-        stdout.contains("ok: docs/examples/cluster.toml (cluster \"lab\", 3 nodes, 2 networks)"),
+        stdout.contains("ok: app-modules/generic-mirror/module.toml (mirror module \"generic-mirror\", id 1"),
         "{stdout}"
     );
     assert!(
-        stdout.contains(
-            "ok: app-modules/generic-mirror/module.toml (mirror module \"generic-mirror\", id 1"
-        ),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains(
-            "ok: app-modules/generic-farm/module.toml (farm module \"generic-farm\", id 2"
-        ),
+        stdout.contains("ok: app-modules/generic-farm/module.toml (farm module \"generic-farm\", id 2"),
         "{stdout}"
     );
     assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
@@ -111,19 +92,10 @@ fn good_fixtures_are_valid_alone_and_together() {
     for f in &files {
         let out = check(&dir, std::slice::from_ref(f));
         assert_eq!(out.status.code(), Some(0), "{f}: {}", text(&out.stderr));
-        assert!(
-            text(&out.stdout).starts_with(&format!("ok: {f} (")),
-            "{}",
-            text(&out.stdout)
-        );
+        assert!(text(&out.stdout).starts_with(&format!("ok: {f} (")), "{}", text(&out.stdout));
     }
     let out = check(&dir, &files);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "together: {}",
-        text(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "together: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).lines().count(), files.len());
 }
 
@@ -137,21 +109,13 @@ fn bad_fixtures_report_the_expected_errors() {
         let out = check(&dir, files);
         let stderr = text(&out.stderr);
         if out.status.code() != Some(1) {
-            failures.push(format!(
-                "{files:?}: exit code {:?}, stderr:\n{stderr}",
-                out.status.code()
-            ));
+            failures.push(format!("{files:?}: exit code {:?}, stderr:\n{stderr}", out.status.code()));
             continue;
         }
-        let error_lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.starts_with("config check: "))
-            .collect();
+        let error_lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("config check: ")).collect();
         let summary = stderr.lines().last().unwrap_or("");
         if !summary.starts_with("config check: ") {
-            failures.push(format!(
-                "{files:?}: no summary line at the end of stderr:\n{stderr}"
-            ));
+            failures.push(format!("{files:?}: no summary line at the end of stderr:\n{stderr}"));
         }
         let mut expected_total = 0;
         for f in files {
@@ -160,9 +124,7 @@ fn bad_fixtures_report_the_expected_errors() {
             for e in &expected {
                 let want = format!("{f}:{e}");
                 if !error_lines.iter().any(|l| l.starts_with(&want)) {
-                    failures.push(format!(
-                        "{files:?}: expected an error starting with\n  {want}\ngot:\n{stderr}"
-                    ));
+                    failures.push(format!("{files:?}: expected an error starting with\n  {want}\ngot:\n{stderr}"));
                 }
             }
         }
@@ -200,27 +162,14 @@ fn errors_point_into_the_right_file_when_mixed_with_good_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let good = repo().join("app-modules/generic-mirror/module.toml");
     std::fs::copy(&good, tmp.path().join("good.toml")).unwrap();
-    std::fs::write(
-        tmp.path().join("bad.toml"),
-        "name = \"x\"\nkind = \"farm\"\nid = 3\n[[node]]\nname = \"n1\"\n",
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("bad.toml"), "name = \"x\"\nkind = \"farm\"\nid = 3\n[[node]]\nname = \"n1\"\n")
+        .unwrap();
     let out = check(tmp.path(), &["good.toml".into(), "bad.toml".into()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stdout).contains("ok: good.toml (mirror module"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(text(&out.stdout).contains("ok: good.toml (mirror module"), "{}", text(&out.stdout));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("bad.toml:4:1: node: a farm module needs at least 2 nodes, found 1"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("config check: 1 error in 1 of 2 files"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bad.toml:4:1: node: a farm module needs at least 2 nodes, found 1"), "{stderr}");
+    assert!(stderr.contains("config check: 1 error in 1 of 2 files"), "{stderr}");
 }
 
 #[test]
@@ -228,11 +177,7 @@ fn missing_file_and_no_argument() {
     let tmp = tempfile::tempdir().unwrap();
     let out = check(tmp.path(), &["nope.toml".into()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).starts_with("nope.toml: cannot read file:"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).starts_with("nope.toml: cannot read file:"), "{}", text(&out.stderr));
     let out = tandem(tmp.path(), &["config", "check"]);
     assert_ne!(out.status.code(), Some(0));
 }

@@ -101,7 +101,9 @@ fn forged_truncated_and_replayed_heartbeats_are_dropped_and_counted() {
     // epoch (a replay of what n2 sent before its daemon's current run).
     let key_hex = c.sh("n1", "cat /etc/tandem/cluster.key");
     let key: Vec<u8> = (0..64).step_by(2).map(|i| u8::from_str_radix(&key_hex.trim()[i..i + 2], 16).unwrap()).collect();
-    let view = tandem_cluster::wire::ModuleView::Mirror(tandem_machine::MirrorMachine::new(tandem_machine::MirrorPolicy::new("n2", "n1"), None).view());
+    let view = tandem_cluster::wire::ModuleView::Mirror(
+        tandem_machine::MirrorMachine::new(tandem_machine::MirrorPolicy::new("n2", "n1"), None).view(),
+    );
     let body = tandem_cluster::wire::Body { cluster: "t".into(), from: "n2".into(), view };
     let replay = tandem_cluster::wire::Sealer::new(&key, 1).seal(1, 0, &body).unwrap();
     let forged = tandem_cluster::wire::Sealer::new(b"not the key", u64::MAX / 2).seal(1, 0, &body).unwrap();
@@ -156,5 +158,9 @@ fn a_restarted_daemon_keeps_its_generation_and_last_primary() {
     c.wait_state("n2", 4, Duration::from_secs(5));
     let out = c.admin("n2", &["prim"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("prim refused: n1 is primary"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("prim refused: n1 is primary"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -15,23 +15,45 @@ pub const DEFAULT_SOCKET: &str = "/run/tandem/control.sock";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    State { module: Option<String> },
-    Admin { module: String, command: Admin },
+    State {
+        module: Option<String>,
+    },
+    Admin {
+        module: String,
+        command: Admin,
+    },
     /// Log lines from byte offset `since` (0: the last `tail` lines).
-    Log { module: String, since: u64, tail: usize },
+    Log {
+        module: String,
+        since: u64,
+        tail: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
-    State { modules: Vec<ModuleStatus> },
+    State {
+        modules: Vec<ModuleStatus>,
+    },
     /// The command was carried out; the module's state afterwards.
-    Done { state: State, readiness: Readiness, message: String },
+    Done {
+        state: State,
+        readiness: Readiness,
+        message: String,
+    },
     /// The machine refused the command (the reason is for the admin).
-    Refused { message: String },
+    Refused {
+        message: String,
+    },
     /// The request could not be served (unknown module, ...).
-    Error { message: String },
-    Log { lines: Vec<String>, next: u64 },
+    Error {
+        message: String,
+    },
+    Log {
+        lines: Vec<String>,
+        next: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +98,8 @@ pub enum ControlError {
 pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ControlError> {
     let path = socket.display().to_string();
     let io = |source| ControlError::Io { path: path.clone(), source };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ControlError::Connect { path: path.clone(), source })?;
+    let mut stream =
+        UnixStream::connect(socket).map_err(|source| ControlError::Connect { path: path.clone(), source })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_string(req).expect("request serializes");
     line.push('\n');

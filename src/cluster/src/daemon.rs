@@ -67,7 +67,9 @@ pub fn read_key(path: &Path) -> Result<Vec<u8>, DaemonError> {
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let hex = text.trim();
     if hex.len() < 64 || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(err("expected at least 64 hexadecimal characters (a 256-bit key); `tandem cluster init` writes one".into()));
+        return Err(err(
+            "expected at least 64 hexadecimal characters (a 256-bit key); `tandem cluster init` writes one".into(),
+        ));
     }
     Ok((0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex checked")).collect())
 }
@@ -130,7 +132,12 @@ fn load_modules(dir: &Path, cluster: &ClusterConfig, node: &str) -> Vec<ModuleCo
             continue;
         }
         if let Some(other) = out.iter().find(|m| m.id == cfg.id || m.name == cfg.name) {
-            tracing::error!("module {} not loaded: id {} or name already used by module {}", cfg.name, cfg.id, other.name);
+            tracing::error!(
+                "module {} not loaded: id {} or name already used by module {}",
+                cfg.name,
+                cfg.id,
+                other.name
+            );
             continue;
         }
         if cfg.replication.as_ref().is_some_and(|r| !r.dirs.is_empty()) {
@@ -170,7 +177,8 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
     let cluster = tandem_config::load_cluster(&opts.config)?;
     let key = read_key(&cluster.key_file)?;
     let node = pick_node(&cluster, opts.node.as_deref())?;
-    let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let epoch =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
     tracing::info!("tandem daemon: node {node} of cluster {}", cluster.name);
 
     let mut loaded: Vec<Loaded> = Vec::new();
@@ -195,7 +203,10 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
                     Some(Persisted::Mirror(p)) => Some(p),
                     None => None,
                     Some(Persisted::Farm(_)) => {
-                        tracing::error!("module {} not loaded: its state file is a farm's; it is a mirror now", cfg.name);
+                        tracing::error!(
+                            "module {} not loaded: its state file is a farm's; it is a mirror now",
+                            cfg.name
+                        );
                         continue;
                     }
                 };
@@ -208,7 +219,10 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
                     Some(Persisted::Farm(p)) => Some(p),
                     None => None,
                     Some(Persisted::Mirror(_)) => {
-                        tracing::error!("module {} not loaded: its state file is a mirror's; it is a farm now", cfg.name);
+                        tracing::error!(
+                            "module {} not loaded: its state file is a mirror's; it is a farm now",
+                            cfg.name
+                        );
                         continue;
                     }
                 };
@@ -241,8 +255,18 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
         let name = cfg.name.clone();
         let id = cfg.id;
         let pulse = cfg.heartbeat.pulse;
-        let (drv, body_rx, status_rx) =
-            Driver::new(cfg, node.clone(), cluster.name.clone(), networks, machine, opener, store, ModLog::new(&dir, DEFAULT_MAX_BYTES), dir.clone(), vips.clone());
+        let (drv, body_rx, status_rx) = Driver::new(
+            cfg,
+            node.clone(),
+            cluster.name.clone(),
+            networks,
+            machine,
+            opener,
+            store,
+            ModLog::new(&dir, DEFAULT_MAX_BYTES),
+            dir.clone(),
+            vips.clone(),
+        );
         for link in links.iter() {
             tokio::spawn(driver::recv_loop(link.socket.clone(), link.network, tx.clone()));
         }
@@ -296,7 +320,10 @@ fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
     }
     // A socket file left by a crashed daemon; a live daemon would still answer on it.
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "another tandem daemon is running on this node")));
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another tandem daemon is running on this node",
+        )));
     }
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path).map_err(err)?;
@@ -333,7 +360,6 @@ async fn serve_one(stream: UnixStream, modules: &[Loaded]) -> std::io::Result<()
     write.write_all(out.as_bytes()).await
 }
 
-
 fn find<'a>(modules: &'a [Loaded], name: &str) -> Result<&'a Loaded, Response> {
     modules.iter().find(|m| m.name == name).ok_or_else(|| {
         let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
@@ -348,7 +374,9 @@ fn find<'a>(modules: &'a [Loaded], name: &str) -> Result<&'a Loaded, Response> {
 
 async fn answer(req: Request, modules: &[Loaded]) -> Response {
     match req {
-        Request::State { module: None } => Response::State { modules: modules.iter().map(|m| m.status.borrow().clone()).collect() },
+        Request::State { module: None } => {
+            Response::State { modules: modules.iter().map(|m| m.status.borrow().clone()).collect() }
+        }
         Request::State { module: Some(name) } => match find(modules, &name) {
             Ok(m) => Response::State { modules: vec![m.status.borrow().clone()] },
             Err(r) => r,

@@ -35,6 +35,8 @@ pub enum Msg {
     Shutdown { reply: oneshot::Sender<()> },
 }
 
+// One per module, created once and never moved on a hot path: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Machine {
     Mirror(MirrorMachine),
     Farm(FarmMachine),
@@ -190,7 +192,11 @@ impl<V: VipOps> Driver<V> {
                     let _ = self.step(ev).await;
                 }
                 let s = self.status_tx.borrow().clone();
-                Response::Done { state: s.state, readiness: s.readiness, message: format!("{name}: {} ({})", s.state, s.readiness) }
+                Response::Done {
+                    state: s.state,
+                    readiness: s.readiness,
+                    message: format!("{name}: {} ({})", s.state, s.readiness),
+                }
             }
             Err(refused) => {
                 self.log.append("WARN", &refused.to_string());
@@ -305,10 +311,17 @@ impl<V: VipOps> Driver<V> {
                 Action::ReleaseVip if is_farm => {}
                 Action::TakeVip => {
                     for vip in self.cfg.vips.clone() {
-                        let spec = VipSpec { address: vip.address, prefix_len: vip.prefix_len, interface: vip.interface.clone() };
+                        let spec = VipSpec {
+                            address: vip.address,
+                            prefix_len: vip.prefix_len,
+                            interface: vip.interface.clone(),
+                        };
                         match self.vips.add(&spec).await {
                             Ok(()) => {
-                                self.log.append("INFO", &format!("VIP {}/{} added on {}", vip.address, vip.prefix_len, vip.interface));
+                                self.log.append(
+                                    "INFO",
+                                    &format!("VIP {}/{} added on {}", vip.address, vip.prefix_len, vip.interface),
+                                );
                                 self.vips.announce_takeover(&spec);
                             }
                             Err(e) => {
@@ -320,9 +333,16 @@ impl<V: VipOps> Driver<V> {
                 }
                 Action::ReleaseVip => {
                     for vip in self.cfg.vips.clone() {
-                        let spec = VipSpec { address: vip.address, prefix_len: vip.prefix_len, interface: vip.interface.clone() };
+                        let spec = VipSpec {
+                            address: vip.address,
+                            prefix_len: vip.prefix_len,
+                            interface: vip.interface.clone(),
+                        };
                         match self.vips.remove(&spec).await {
-                            Ok(()) => self.log.append("INFO", &format!("VIP {}/{} removed from {}", vip.address, vip.prefix_len, vip.interface)),
+                            Ok(()) => self.log.append(
+                                "INFO",
+                                &format!("VIP {}/{} removed from {}", vip.address, vip.prefix_len, vip.interface),
+                            ),
                             Err(e) => self.log.append("ERROR", &format!("cannot release VIP: {e}")),
                         }
                     }
@@ -334,7 +354,9 @@ impl<V: VipOps> Driver<V> {
                         self.queue.push_back(In::ResyncDone);
                     }
                 }
-                Action::StartReplication(ReplicationRole::Sender) | Action::StopReplication | Action::StartResync { .. } => {}
+                Action::StartReplication(ReplicationRole::Sender)
+                | Action::StopReplication
+                | Action::StartResync { .. } => {}
                 Action::SetMembers(m) => {
                     let list: Vec<String> = m.iter().map(|(n, p)| format!("{n} (power {p})")).collect();
                     self.log.append("INFO", &format!("farm members: {}", list.join(", ")));
@@ -438,7 +460,13 @@ pub fn view_of(m: &Machine) -> ModuleView {
 
 /// Sends the module's heartbeat on every network to every peer: each pulse, and at once when the
 /// view changes (a clean stop is known to the peer immediately).
-pub async fn send_loop(module_id: u8, links: Arc<Vec<Link>>, mut body_rx: watch::Receiver<Body>, mut sealer: Sealer, pulse: Duration) {
+pub async fn send_loop(
+    module_id: u8,
+    links: Arc<Vec<Link>>,
+    mut body_rx: watch::Receiver<Body>,
+    mut sealer: Sealer,
+    pulse: Duration,
+) {
     let mut tick = tokio::time::interval(pulse);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<Instant> = None;

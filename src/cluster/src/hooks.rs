@@ -113,7 +113,13 @@ mod tests {
     #[tokio::test]
     async fn arguments_environment_and_output() {
         let dir = tempfile::tempdir().unwrap();
-        let o = run_hook(&sh("echo \"$@|$TANDEM_MODULE|$TANDEM_NODE|$TANDEM_ACTION|$TANDEM_FORCE\""), Duration::from_secs(5), &call(true), dir.path()).await;
+        let o = run_hook(
+            &sh("echo \"$@|$TANDEM_MODULE|$TANDEM_NODE|$TANDEM_ACTION|$TANDEM_FORCE\""),
+            Duration::from_secs(5),
+            &call(true),
+            dir.path(),
+        )
+        .await;
         assert!(o.ok, "{o:?}");
         assert_eq!(o.output, "start_prim WAIT ALONE prim force|web|n1|prim|1");
     }

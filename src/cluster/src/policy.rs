@@ -27,7 +27,11 @@ fn resources(cfg: &ModuleConfig) -> BTreeMap<String, FailAction> {
 
 fn loop_limit(cfg: &ModuleConfig) -> u32 {
     // 0 in module.toml means "no limit".
-    if cfg.failover.loop_limit == 0 { u32::MAX } else { cfg.failover.loop_limit }
+    if cfg.failover.loop_limit == 0 {
+        u32::MAX
+    } else {
+        cfg.failover.loop_limit
+    }
 }
 
 /// The mirror policy of `local`; None if `local` is not one of the module's two nodes.

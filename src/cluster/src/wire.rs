@@ -232,7 +232,7 @@ impl Opener {
         if body.cluster != self.cluster {
             return Err(Drop::Cluster);
         }
-        if !self.nodes.iter().any(|n| *n == body.from) {
+        if !self.nodes.contains(&body.from) {
             return Err(Drop::UnknownNode);
         }
         let slot = self.last.entry((body.from.clone(), net)).or_insert((0, 0));
@@ -250,7 +250,11 @@ mod tests {
     use tandem_machine::State;
 
     fn body(from: &str) -> Body {
-        Body { cluster: "c".into(), from: from.into(), view: ModuleView::Farm(FarmView { node: from.into(), state: State::Up }) }
+        Body {
+            cluster: "c".into(),
+            from: from.into(),
+            view: ModuleView::Farm(FarmView { node: from.into(), state: State::Up }),
+        }
     }
 
     fn opener() -> Opener {

@@ -43,11 +43,7 @@ impl Loaded {
                 m.kind.as_str(),
                 m.name,
                 m.id,
-                m.nodes
-                    .iter()
-                    .map(|n| n.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                m.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
             ),
         }
     }
@@ -84,25 +80,17 @@ impl CheckReport {
             if let Err(errs) = &f.result {
                 out.extend(errs.iter());
             }
-            let mut cross: Vec<&ConfigError> =
-                self.cross.iter().filter(|e| e.file == f.path).collect();
+            let mut cross: Vec<&ConfigError> = self.cross.iter().filter(|e| e.file == f.path).collect();
             cross.sort_by_key(|e| (e.line, e.column));
             out.extend(cross);
         }
-        out.extend(
-            self.cross
-                .iter()
-                .filter(|e| !self.files.iter().any(|f| f.path == e.file)),
-        );
+        out.extend(self.cross.iter().filter(|e| !self.files.iter().any(|f| f.path == e.file)));
         out
     }
 
     /// True when this file has no error of its own and no cross-file error.
     pub fn file_ok(&self, path: &Path) -> bool {
-        self.files
-            .iter()
-            .any(|f| f.path == path && f.result.is_ok())
-            && !self.cross.iter().any(|e| e.file == path)
+        self.files.iter().any(|f| f.path == path && f.result.is_ok()) && !self.cross.iter().any(|e| e.file == path)
     }
 
     /// Number of files with at least one error.
@@ -116,18 +104,8 @@ impl CheckReport {
 /// module-only key (`id`, `[heartbeat]`, `[[vip]]`, ...) makes a module (missing its `kind`).
 pub fn detect_kind(text: &str) -> Option<FileKind> {
     let doc = toml_edit::Document::parse(text.to_string()).ok()?;
-    const MODULE_ONLY: &[&str] = &[
-        "kind",
-        "id",
-        "plugin",
-        "heartbeat",
-        "vip",
-        "replication",
-        "farm",
-        "failover",
-        "checker",
-        "hooks",
-    ];
+    const MODULE_ONLY: &[&str] =
+        &["kind", "id", "plugin", "heartbeat", "vip", "replication", "farm", "failover", "checker", "hooks"];
     const CLUSTER_ONLY: &[&str] = &["key_file", "network", "port_base"];
     if doc.contains_key("kind") {
         Some(FileKind::Module)
@@ -182,20 +160,16 @@ pub fn check_files(paths: &[PathBuf]) -> CheckReport {
                 }])),
             },
         };
-        report.files.push(FileReport {
-            path: path.clone(),
-            result,
-        });
+        report.files.push(FileReport { path: path.clone(), result });
     }
 
-    let err =
-        |file: &Path, (line, column): (usize, usize), key: &str, message: String| ConfigError {
-            file: file.to_path_buf(),
-            line,
-            column,
-            key: key.to_string(),
-            message,
-        };
+    let err = |file: &Path, (line, column): (usize, usize), key: &str, message: String| ConfigError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: key.to_string(),
+        message,
+    };
 
     // Several cluster files: only the first is used.
     for (path, _) in clusters.iter().skip(1) {
@@ -258,7 +232,11 @@ pub fn check_files(paths: &[PathBuf]) -> CheckReport {
                 mpath,
                 spans.name,
                 "name",
-                format!("module name \"{}\" is already used in {}; module names must be unique in the cluster", m.name, first.display()),
+                format!(
+                    "module name \"{}\" is already used in {}; module names must be unique in the cluster",
+                    m.name,
+                    first.display()
+                ),
             )),
             None => {
                 names.insert(&m.name, mpath);

@@ -55,10 +55,7 @@ impl ClusterConfig {
 
     /// The network that carries replication.
     pub fn replication_network(&self) -> &Network {
-        self.networks
-            .iter()
-            .find(|n| n.replication)
-            .expect("a validated cluster has exactly one replication network")
+        self.networks.iter().find(|n| n.replication).expect("a validated cluster has exactly one replication network")
     }
 
     /// Port of the heartbeats of module `id`: `port_base + id`.
@@ -106,38 +103,22 @@ pub(crate) fn parse_cluster_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Opt
     root.check_keys(ctx, TOP_KEYS, &[]);
 
     let name = root.name(ctx, "name", true);
-    let key_file = root
-        .req_str(ctx, "key_file", "a path string")
-        .and_then(|s| {
-            if s.val.is_empty() {
-                ctx.error(
-                    s.off,
-                    "key_file",
-                    "empty path: expected the path of the cluster key file",
-                );
-                return None;
-            }
-            let p = PathBuf::from(&s.val);
-            Some(if p.is_relative() {
-                file.parent().map(|d| d.join(&p)).unwrap_or(p)
-            } else {
-                p
-            })
-        });
-    let port_base = root
-        .int(ctx, "port_base", 1, i64::from(MAX_PORT_BASE))
-        .map(|p| p.val as u16)
-        .unwrap_or(DEFAULT_PORT_BASE);
+    let key_file = root.req_str(ctx, "key_file", "a path string").and_then(|s| {
+        if s.val.is_empty() {
+            ctx.error(s.off, "key_file", "empty path: expected the path of the cluster key file");
+            return None;
+        }
+        let p = PathBuf::from(&s.val);
+        Some(if p.is_relative() { file.parent().map(|d| d.join(&p)).unwrap_or(p) } else { p })
+    });
+    let port_base =
+        root.int(ctx, "port_base", 1, i64::from(MAX_PORT_BASE)).map(|p| p.val as u16).unwrap_or(DEFAULT_PORT_BASE);
 
     // Networks.
     let mut networks = Vec::new();
     let mut net_offs: HashMap<String, usize> = HashMap::new();
     if !root.has("network") {
-        root.missing(
-            ctx,
-            "network",
-            " (declare at least one [[network]] with a `name`)",
-        );
+        root.missing(ctx, "network", " (declare at least one [[network]] with a `name`)");
     }
     let net_tables = root.tables(ctx, "network");
     let mut replication_count = 0;
@@ -149,11 +130,7 @@ pub(crate) fn parse_cluster_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Opt
             replication_count += 1;
             if replication_count > 1 {
                 let off = t.get("replication").map(|e| e.off()).unwrap_or(t.off);
-                ctx.error(
-                    off,
-                    t.key_path("replication"),
-                    "only one network may have `replication = true`",
-                );
+                ctx.error(off, t.key_path("replication"), "only one network may have `replication = true`");
             }
         }
         if let Some(n) = name {
@@ -162,17 +139,11 @@ pub(crate) fn parse_cluster_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Opt
                 ctx.error(
                     n.off,
                     t.key_path("name"),
-                    format!(
-                        "duplicate network name \"{}\" (first declared on line {l})",
-                        n.val
-                    ),
+                    format!("duplicate network name \"{}\" (first declared on line {l})", n.val),
                 );
             } else {
                 net_offs.insert(n.val.clone(), n.off);
-                networks.push(Network {
-                    name: n.val,
-                    replication,
-                });
+                networks.push(Network { name: n.val, replication });
             }
         }
     }
@@ -198,16 +169,9 @@ pub(crate) fn parse_cluster_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Opt
         let name = t.name(ctx, "name", true);
         let mut addresses = BTreeMap::new();
         if !t.has("addresses") {
-            t.missing(
-                ctx,
-                "addresses",
-                " (e.g. addresses = { net0 = \"198.18.0.1\" })",
-            );
+            t.missing(ctx, "addresses", " (e.g. addresses = { net0 = \"198.18.0.1\" })");
         } else if let Some(at) = t.table(ctx, "addresses") {
-            let at = Tbl {
-                label: format!("{}.addresses", t.path),
-                ..at
-            };
+            let at = Tbl { label: format!("{}.addresses", t.path), ..at };
             for e in &at.entries {
                 let key = at.key_path(e.name);
                 if !net_offs.contains_key(e.name) {
@@ -216,41 +180,23 @@ pub(crate) fn parse_cluster_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Opt
                         Some(s) => format!("; did you mean `{s}`?"),
                         None => format!("; declared networks: {}", known.join(", ")),
                     };
-                    ctx.error(
-                        e.key_off,
-                        key,
-                        format!("`{}` is not a declared [[network]]{hint}", e.name),
-                    );
+                    ctx.error(e.key_off, key, format!("`{}` is not a declared [[network]]{hint}", e.name));
                     continue;
                 }
                 let Some(s) = e.item.as_str() else {
                     ctx.error(
                         e.off(),
                         key,
-                        format!(
-                            "expected an IP address string, found {}",
-                            crate::walk::type_name(e.item)
-                        ),
+                        format!("expected an IP address string, found {}", crate::walk::type_name(e.item)),
                     );
                     continue;
                 };
-                let Some(ip) = parse_ip(
-                    ctx,
-                    &key,
-                    &Sp {
-                        val: s.to_string(),
-                        off: e.off(),
-                    },
-                ) else {
+                let Some(ip) = parse_ip(ctx, &key, &Sp { val: s.to_string(), off: e.off() }) else {
                     continue;
                 };
                 if let Some((first, owner)) = addr_offs.get(&ip.val) {
                     let (l, _) = ctx.loc(*first);
-                    ctx.error(
-                        ip.off,
-                        key.clone(),
-                        format!("address {} is already used by {owner} (line {l})", ip.val),
-                    );
+                    ctx.error(ip.off, key.clone(), format!("address {} is already used by {owner} (line {l})", ip.val));
                 } else {
                     addr_offs.insert(ip.val, (ip.off, key.clone()));
                 }
@@ -261,7 +207,10 @@ pub(crate) fn parse_cluster_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Opt
                     ctx.error(
                         at.off,
                         at.key_path(&n.name),
-                        format!("missing address on network `{}`: every node needs one address per declared network", n.name),
+                        format!(
+                            "missing address on network `{}`: every node needs one address per declared network",
+                            n.name
+                        ),
                     );
                 }
             }
@@ -272,39 +221,20 @@ pub(crate) fn parse_cluster_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Opt
                 ctx.error(
                     n.off,
                     t.key_path("name"),
-                    format!(
-                        "duplicate node name \"{}\" (first declared on line {l})",
-                        n.val
-                    ),
+                    format!("duplicate node name \"{}\" (first declared on line {l})", n.val),
                 );
             } else {
                 node_offs.insert(n.val.clone(), n.off);
-                nodes.push(ClusterNode {
-                    name: n.val,
-                    addresses,
-                });
+                nodes.push(ClusterNode { name: n.val, addresses });
             }
         }
     }
     if root.has("node") && node_tables.len() == 1 {
         let off = root.get("node").map(|e| e.off()).unwrap_or(0);
-        ctx.error(
-            off,
-            "node",
-            format!(
-                "a cluster needs at least 2 nodes, found {}",
-                node_tables.len()
-            ),
-        );
+        ctx.error(off, "node", format!("a cluster needs at least 2 nodes, found {}", node_tables.len()));
     }
 
-    Some(ClusterConfig {
-        name: name?.val,
-        key_file: key_file?,
-        port_base,
-        networks,
-        nodes,
-    })
+    Some(ClusterConfig { name: name?.val, key_file: key_file?, port_base, networks, nodes })
 }
 
 #[cfg(test)]
@@ -345,10 +275,7 @@ addresses = { net0 = "198.18.0.2", net1 = "198.18.1.2" }
         assert_eq!(c.port_base, 7400);
         assert_eq!(c.networks.len(), 2);
         assert_eq!(c.replication_network().name, "net0");
-        assert_eq!(
-            c.nodes[1].address("net1"),
-            Some("198.18.1.2".parse().unwrap())
-        );
+        assert_eq!(c.nodes[1].address("net1"), Some("198.18.1.2".parse().unwrap()));
         assert_eq!(c.heartbeat_port(3), 7403);
         assert_eq!(c.replication_port(3), 7503);
     }
@@ -362,81 +289,62 @@ addresses = { net0 = "198.18.0.2", net1 = "198.18.1.2" }
 
     #[test]
     fn duplicate_nodes_and_addresses() {
-        let text = GOOD
-            .replace("name = \"n2\"", "name = \"n1\"")
-            .replace("198.18.1.2", "198.18.1.1");
+        let text = GOOD.replace("name = \"n2\"", "name = \"n1\"").replace("198.18.1.2", "198.18.1.1");
         let e = errs(&text);
         assert!(
-            e.iter().any(|e| e.contains(
-                "c.toml:17:8: node[1].name: duplicate node name \"n1\" (first declared on line 13)"
-            )),
+            e.iter().any(
+                |e| e.contains("c.toml:17:8: node[1].name: duplicate node name \"n1\" (first declared on line 13)")
+            ),
             "{e:?}"
         );
-        assert!(e.iter().any(|e| e.contains("node[1].addresses.net1: address 198.18.1.1 is already used by node[0].addresses.net1")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e
+                    .contains("node[1].addresses.net1: address 198.18.1.1 is already used by node[0].addresses.net1")),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn missing_and_extra_networks() {
         let text = GOOD.replace(", net1 = \"198.18.1.2\"", ", net2 = \"198.18.2.2\"");
         let e = errs(&text);
-        assert!(e.iter().any(|e| e.contains("node[1].addresses.net2: `net2` is not a declared [[network]]; did you mean `net0`?")), "{e:?}");
         assert!(
             e.iter()
-                .any(|e| e.contains("node[1].addresses.net1: missing address on network `net1`")),
+                .any(|e| e
+                    .contains("node[1].addresses.net2: `net2` is not a declared [[network]]; did you mean `net0`?")),
             "{e:?}"
         );
+        assert!(e.iter().any(|e| e.contains("node[1].addresses.net1: missing address on network `net1`")), "{e:?}");
     }
 
     #[test]
     fn replication_network_count() {
         let e = errs(&GOOD.replace("replication = true", ""));
-        assert!(
-            e.iter()
-                .any(|e| e.contains("no network has `replication = true`")),
-            "{e:?}"
-        );
+        assert!(e.iter().any(|e| e.contains("no network has `replication = true`")), "{e:?}");
         let e = errs(&GOOD.replace("name = \"net1\"", "name = \"net1\"\nreplication = true"));
-        assert!(
-            e.iter()
-                .any(|e| e.contains("network[1].replication: only one network")),
-            "{e:?}"
-        );
+        assert!(e.iter().any(|e| e.contains("network[1].replication: only one network")), "{e:?}");
     }
 
     #[test]
     fn missing_keys_and_port_base() {
         let e = errs("[[node]]\nname = \"n1\"\n");
         assert!(
-            e.iter()
-                .any(|e| e
-                    .contains("c.toml:1:1: name: missing required key `name` in the top level")),
+            e.iter().any(|e| e.contains("c.toml:1:1: name: missing required key `name` in the top level")),
             "{e:?}"
         );
+        assert!(e.iter().any(|e| e.contains("key_file: missing required key")), "{e:?}");
         assert!(
-            e.iter()
-                .any(|e| e.contains("key_file: missing required key")),
-            "{e:?}"
-        );
-        assert!(
-            e.iter().any(|e| e.contains(
-                "c.toml:1:1: node[0].addresses: missing required key `addresses` in [[node]]"
-            )),
+            e.iter().any(|e| e.contains("c.toml:1:1: node[0].addresses: missing required key `addresses` in [[node]]")),
             "{e:?}"
         );
         let e = errs(&format!("port_base = 70000\n{GOOD}"));
-        assert!(
-            e.iter()
-                .any(|e| e.contains("c.toml:1:13: port_base: 70000 is out of range")),
-            "{e:?}"
-        );
+        assert!(e.iter().any(|e| e.contains("c.toml:1:13: port_base: 70000 is out of range")), "{e:?}");
     }
 
     #[test]
     fn unknown_top_key() {
         let e = errs(&format!("nmae = \"x\"\n{GOOD}"));
-        assert_eq!(
-            e,
-            vec!["c.toml:1:1: nmae: unknown key `nmae` in the top level; did you mean `name`?"]
-        );
+        assert_eq!(e, vec!["c.toml:1:1: nmae: unknown key `nmae` in the top level; did you mean `name`?"]);
     }
 }

@@ -106,10 +106,7 @@ pub struct Heartbeat {
 
 impl Default for Heartbeat {
     fn default() -> Self {
-        Heartbeat {
-            pulse: DEFAULT_PULSE,
-            timeout: DEFAULT_HEARTBEAT_TIMEOUT,
-        }
+        Heartbeat { pulse: DEFAULT_PULSE, timeout: DEFAULT_HEARTBEAT_TIMEOUT }
     }
 }
 
@@ -137,11 +134,7 @@ pub struct Replication {
 
 impl Default for Replication {
     fn default() -> Self {
-        Replication {
-            ack: AckMode::Written,
-            dirs: Vec::new(),
-            resync_bandwidth_bytes_per_sec: None,
-        }
+        Replication { ack: AckMode::Written, dirs: Vec::new(), resync_bandwidth_bytes_per_sec: None }
     }
 }
 
@@ -418,13 +411,7 @@ impl HookPoint {
 
     /// True for the hooks that only a mirror has.
     pub fn mirror_only(self) -> bool {
-        matches!(
-            self,
-            HookPoint::StartPrim
-                | HookPoint::StopPrim
-                | HookPoint::StartSecond
-                | HookPoint::StopSecond
-        )
+        matches!(self, HookPoint::StartPrim | HookPoint::StopPrim | HookPoint::StartSecond | HookPoint::StopSecond)
     }
 }
 
@@ -496,16 +483,7 @@ const TOP_KEYS: &[&str] = &[
     "checker",
     "hooks",
 ];
-const CHECKER_TYPES: &[&str] = &[
-    "process",
-    "interface",
-    "ip",
-    "tcp",
-    "ping",
-    "module",
-    "custom",
-    "splitbrain",
-];
+const CHECKER_TYPES: &[&str] = &["process", "interface", "ip", "tcp", "ping", "module", "custom", "splitbrain"];
 const CHECKER_COMMON: &[&str] = &["name", "type", "action", "interval", "timeout"];
 const CHECKER_SPECIFIC: &[(&str, &[&str])] = &[
     ("process", &["process", "min_count"]),
@@ -524,10 +502,7 @@ pub fn parse_module(file: &Path, text: &str) -> Result<ModuleConfig, ConfigError
     parse_module_spanned(file, text).map(|(m, _)| m)
 }
 
-pub(crate) fn parse_module_spanned(
-    file: &Path,
-    text: &str,
-) -> Result<(ModuleConfig, ModuleSpans), ConfigErrors> {
+pub(crate) fn parse_module_spanned(file: &Path, text: &str) -> Result<(ModuleConfig, ModuleSpans), ConfigErrors> {
     let mut ctx = Ctx::new(file, text);
     let result = parse_module_inner(&mut ctx, file, text);
     let errors = ctx.into_errors();
@@ -544,11 +519,7 @@ pub fn load_module(path: impl AsRef<Path>) -> Result<ModuleConfig, ConfigErrors>
     parse_module(path, &text)
 }
 
-fn parse_module_inner(
-    ctx: &mut Ctx,
-    file: &Path,
-    text: &str,
-) -> Option<(ModuleConfig, ModuleSpans)> {
+fn parse_module_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Option<(ModuleConfig, ModuleSpans)> {
     let doc = crate::walk::parse_doc(ctx, text)?;
     let root = Tbl::of(doc.as_item(), String::new(), "the top level".into(), 0)?;
     root.check_keys(ctx, TOP_KEYS, &[]);
@@ -558,44 +529,27 @@ fn parse_module_inner(
     if let Some(n) = &name {
         spans.name = ctx.loc(n.off);
     }
-    let kind = root
-        .req_str(ctx, "kind", "\"mirror\" or \"farm\"")
-        .and_then(|_| {
-            root.choice(ctx, "kind", &["mirror", "farm"])
-                .map(|k| match k.val.as_str() {
-                    "mirror" => ModuleKind::Mirror,
-                    _ => ModuleKind::Farm,
-                })
-        });
+    let kind = root.req_str(ctx, "kind", "\"mirror\" or \"farm\"").and_then(|_| {
+        root.choice(ctx, "kind", &["mirror", "farm"]).map(|k| match k.val.as_str() {
+            "mirror" => ModuleKind::Mirror,
+            _ => ModuleKind::Farm,
+        })
+    });
     if !root.has("id") {
-        root.missing(
-            ctx,
-            "id",
-            " (an integer from 1 to 64, unique in the cluster)",
-        );
+        root.missing(ctx, "id", " (an integer from 1 to 64, unique in the cluster)");
     }
     let id = root.int(ctx, "id", 1, i64::from(MAX_MODULE_ID));
     if let Some(i) = &id {
         spans.id = ctx.loc(i.off);
     }
-    let plugin = root
-        .str(ctx, "plugin", "a path string to a .wasm file")
-        .and_then(|p| {
-            if !p.val.ends_with(".wasm") {
-                ctx.error(
-                    p.off,
-                    "plugin",
-                    format!("plugin \"{}\" must be a .wasm file", p.val),
-                );
-                return None;
-            }
-            let path = PathBuf::from(&p.val);
-            Some(if path.is_relative() {
-                file.parent().map(|d| d.join(&path)).unwrap_or(path)
-            } else {
-                path
-            })
-        });
+    let plugin = root.str(ctx, "plugin", "a path string to a .wasm file").and_then(|p| {
+        if !p.val.ends_with(".wasm") {
+            ctx.error(p.off, "plugin", format!("plugin \"{}\" must be a .wasm file", p.val));
+            return None;
+        }
+        let path = PathBuf::from(&p.val);
+        Some(if path.is_relative() { file.parent().map(|d| d.join(&path)).unwrap_or(path) } else { path })
+    });
     let plugin_set = root.has("plugin");
 
     // Nodes.
@@ -610,7 +564,11 @@ fn parse_module_inner(
     match kind {
         Some(ModuleKind::Mirror) => {
             if let Some(e) = root.get("farm") {
-                ctx.error(e.off(), "farm", "[farm] is only valid in a farm module; this module is a mirror (use [replication])");
+                ctx.error(
+                    e.off(),
+                    "farm",
+                    "[farm] is only valid in a farm module; this module is a mirror (use [replication])",
+                );
             }
             replication = Some(parse_replication(ctx, &root));
         }
@@ -628,13 +586,7 @@ fn parse_module_inner(
     }
 
     let failover = parse_failover(ctx, &root, kind, &nodes);
-    let checkers = parse_checkers(
-        ctx,
-        &root,
-        kind,
-        plugin_set,
-        name.as_ref().map(|n| n.val.as_str()),
-    );
+    let checkers = parse_checkers(ctx, &root, kind, plugin_set, name.as_ref().map(|n| n.val.as_str()));
     let hooks = parse_hooks(ctx, &root, kind);
 
     let config = ModuleConfig {
@@ -654,19 +606,10 @@ fn parse_module_inner(
     Some((config, spans))
 }
 
-fn parse_nodes(
-    ctx: &mut Ctx,
-    root: &Tbl,
-    kind: Option<ModuleKind>,
-    spans: &mut ModuleSpans,
-) -> Vec<ModuleNode> {
+fn parse_nodes(ctx: &mut Ctx, root: &Tbl, kind: Option<ModuleKind>, spans: &mut ModuleSpans) -> Vec<ModuleNode> {
     let mut nodes = Vec::new();
     if !root.has("node") {
-        root.missing(
-            ctx,
-            "node",
-            " (declare the module's nodes as [[node]] tables with a `name`)",
-        );
+        root.missing(ctx, "node", " (declare the module's nodes as [[node]] tables with a `name`)");
         return nodes;
     }
     let tables = root.tables(ctx, "node");
@@ -692,10 +635,7 @@ fn parse_nodes(
                 ctx.error(
                     n.off,
                     t.key_path("name"),
-                    format!(
-                        "duplicate node name \"{}\" (first listed on line {l})",
-                        n.val
-                    ),
+                    format!("duplicate node name \"{}\" (first listed on line {l})", n.val),
                 );
             } else {
                 seen.insert(n.val.clone(), n.off);
@@ -705,40 +645,21 @@ fn parse_nodes(
         }
     }
     let at = root.get("node").map(|e| e.off()).unwrap_or(root.off);
-    let is_array = root
-        .get("node")
-        .is_some_and(|e| e.item.is_array_of_tables() || e.item.is_array());
+    let is_array = root.get("node").is_some_and(|e| e.item.is_array_of_tables() || e.item.is_array());
     match kind {
         _ if !is_array => {}
         Some(ModuleKind::Mirror) if tables.len() > 2 => {
             ctx.error(
                 tables[2].off,
                 "node",
-                format!(
-                    "a mirror module has exactly 2 nodes, found {}; use a farm module for more",
-                    tables.len()
-                ),
+                format!("a mirror module has exactly 2 nodes, found {}; use a farm module for more", tables.len()),
             );
         }
         Some(ModuleKind::Mirror) if tables.len() < 2 => {
-            ctx.error(
-                at,
-                "node",
-                format!(
-                    "a mirror module has exactly 2 nodes, found {}",
-                    tables.len()
-                ),
-            );
+            ctx.error(at, "node", format!("a mirror module has exactly 2 nodes, found {}", tables.len()));
         }
         Some(ModuleKind::Farm) if tables.len() < 2 => {
-            ctx.error(
-                at,
-                "node",
-                format!(
-                    "a farm module needs at least 2 nodes, found {}",
-                    tables.len()
-                ),
-            );
+            ctx.error(at, "node", format!("a farm module needs at least 2 nodes, found {}", tables.len()));
         }
         _ => {}
     }
@@ -767,11 +688,7 @@ fn parse_heartbeat(ctx: &mut Ctx, root: &Tbl) -> Heartbeat {
             (None, Some(p)) => ("pulse", p.off),
             (None, None) => ("timeout", t.off),
         };
-        let relation = if hb.timeout <= hb.pulse {
-            "must be greater than"
-        } else {
-            "is too close to"
-        };
+        let relation = if hb.timeout <= hb.pulse { "must be greater than" } else { "is too close to" };
         ctx.error(
             off,
             t.key_path(key),
@@ -794,11 +711,7 @@ fn check_ifname(ctx: &mut Ctx, key: &str, s: &Sp<String>) -> bool {
         || v == "."
         || v == ".."
     {
-        ctx.error(
-            s.off,
-            key,
-            format!("invalid interface name \"{v}\": 1 to 15 characters, no '/' or spaces"),
-        );
+        ctx.error(s.off, key, format!("invalid interface name \"{v}\": 1 to 15 characters, no '/' or spaces"));
         return false;
     }
     true
@@ -809,33 +722,28 @@ fn parse_vips(ctx: &mut Ctx, root: &Tbl) -> Vec<Vip> {
     let mut seen: HashMap<IpAddr, usize> = HashMap::new();
     for t in root.tables(ctx, "vip") {
         t.check_keys(ctx, &["address", "interface"], &[]);
-        let address = t
-            .req_str(ctx, "address", "a CIDR string such as \"198.18.0.100/24\"")
-            .and_then(|s| match units::parse_cidr(&s.val) {
-                Ok((ip, len)) => {
-                    let bad = ip.is_unspecified()
-                        || ip.is_multicast()
-                        || ip == IpAddr::from([255, 255, 255, 255]);
-                    if bad {
-                        ctx.error(
-                            s.off,
-                            t.key_path("address"),
-                            format!("{ip} cannot be a virtual IP: it must be a unicast address"),
-                        );
-                        return None;
+        let address =
+            t.req_str(ctx, "address", "a CIDR string such as \"198.18.0.100/24\"").and_then(
+                |s| match units::parse_cidr(&s.val) {
+                    Ok((ip, len)) => {
+                        let bad = ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]);
+                        if bad {
+                            ctx.error(
+                                s.off,
+                                t.key_path("address"),
+                                format!("{ip} cannot be a virtual IP: it must be a unicast address"),
+                            );
+                            return None;
+                        }
+                        Some((ip, len, s.off))
                     }
-                    Some((ip, len, s.off))
-                }
-                Err(m) => {
-                    ctx.error(s.off, t.key_path("address"), m);
-                    None
-                }
-            });
-        let interface = match t.str(
-            ctx,
-            "interface",
-            "an interface name string such as \"eth0\"",
-        ) {
+                    Err(m) => {
+                        ctx.error(s.off, t.key_path("address"), m);
+                        None
+                    }
+                },
+            );
+        let interface = match t.str(ctx, "interface", "an interface name string such as \"eth0\"") {
             Some(s) if check_ifname(ctx, &t.key_path("interface"), &s) => Some(s.val),
             Some(_) => None,
             None => (!t.has("interface")).then(|| DEFAULT_VIP_INTERFACE.to_string()),
@@ -851,11 +759,7 @@ fn parse_vips(ctx: &mut Ctx, root: &Tbl) -> Vec<Vip> {
                 continue;
             }
             seen.insert(ip, off);
-            vips.push(Vip {
-                address: ip,
-                prefix_len: len,
-                interface,
-            });
+            vips.push(Vip { address: ip, prefix_len: len, interface });
         }
     }
     vips
@@ -887,17 +791,11 @@ fn parse_replication(ctx: &mut Ctx, root: &Tbl) -> Replication {
             _ => AckMode::Written,
         };
     }
-    if let Some(s) = t.str(
-        ctx,
-        "resync_bandwidth",
-        "a bandwidth string such as \"100MiB/s\"",
-    ) {
+    if let Some(s) = t.str(ctx, "resync_bandwidth", "a bandwidth string such as \"100MiB/s\"") {
         match units::parse_bandwidth(&s.val) {
-            Ok(0) => ctx.error(
-                s.off,
-                t.key_path("resync_bandwidth"),
-                "must be greater than zero (omit it for no limit)",
-            ),
+            Ok(0) => {
+                ctx.error(s.off, t.key_path("resync_bandwidth"), "must be greater than zero (omit it for no limit)")
+            }
             Ok(b) => rep.resync_bandwidth_bytes_per_sec = Some(b),
             Err(m) => ctx.error(s.off, t.key_path("resync_bandwidth"), m),
         }
@@ -908,17 +806,33 @@ fn parse_replication(ctx: &mut Ctx, root: &Tbl) -> Replication {
         let path = d.req_str(ctx, "path", "an absolute path string").and_then(|s| {
             let p = PathBuf::from(&s.val);
             if !p.is_absolute() {
-                ctx.error(s.off, d.key_path("path"), format!("\"{}\" is not an absolute path (it must start with '/')", s.val));
+                ctx.error(
+                    s.off,
+                    d.key_path("path"),
+                    format!("\"{}\" is not an absolute path (it must start with '/')", s.val),
+                );
                 return None;
             }
             if has_parent_dir(&p) || p.parent().is_none() {
-                ctx.error(s.off, d.key_path("path"), format!("\"{}\" cannot be replicated: use a plain directory path, not '/' and without '..'", s.val));
+                ctx.error(
+                    s.off,
+                    d.key_path("path"),
+                    format!("\"{}\" cannot be replicated: use a plain directory path, not '/' and without '..'", s.val),
+                );
                 return None;
             }
             let p: PathBuf = p.components().collect();
             for (other, _, other_key) in &seen {
                 if p.starts_with(other) || other.starts_with(&p) {
-                    ctx.error(s.off, d.key_path("path"), format!("\"{}\" overlaps {other_key} \"{}\": replicated directories must not contain one another", s.val, other.display()));
+                    ctx.error(
+                        s.off,
+                        d.key_path("path"),
+                        format!(
+                            "\"{}\" overlaps {other_key} \"{}\": replicated directories must not contain one another",
+                            s.val,
+                            other.display()
+                        ),
+                    );
                     return None;
                 }
             }
@@ -932,13 +846,16 @@ fn parse_replication(ctx: &mut Ctx, root: &Tbl) -> Replication {
                 if pat.val.is_empty() {
                     ctx.error(pat.off, key, "empty pattern");
                 } else if pat.val.starts_with('/') || has_parent_dir(Path::new(&pat.val)) {
-                    ctx.error(pat.off, key, format!("pattern \"{}\" must be relative to the replicated directory (no leading '/', no '..')", pat.val));
-                } else if pat.val.matches('[').count() != pat.val.matches(']').count() {
                     ctx.error(
                         pat.off,
                         key,
-                        format!("pattern \"{}\" has unbalanced brackets", pat.val),
+                        format!(
+                            "pattern \"{}\" must be relative to the replicated directory (no leading '/', no '..')",
+                            pat.val
+                        ),
                     );
+                } else if pat.val.matches('[').count() != pat.val.matches(']').count() {
+                    ctx.error(pat.off, key, format!("pattern \"{}\" has unbalanced brackets", pat.val));
                 } else {
                     exclude.push(pat.val);
                 }
@@ -946,9 +863,7 @@ fn parse_replication(ctx: &mut Ctx, root: &Tbl) -> Replication {
         }
         let mut zone_size_bytes = DEFAULT_ZONE_SIZE_BYTES;
         if let Some(z) = d.size(ctx, "zone_size") {
-            if !z.val.is_power_of_two()
-                || !(MIN_ZONE_SIZE_BYTES..=MAX_ZONE_SIZE_BYTES).contains(&z.val)
-            {
+            if !z.val.is_power_of_two() || !(MIN_ZONE_SIZE_BYTES..=MAX_ZONE_SIZE_BYTES).contains(&z.val) {
                 ctx.error(
                     z.off,
                     d.key_path("zone_size"),
@@ -962,11 +877,7 @@ fn parse_replication(ctx: &mut Ctx, root: &Tbl) -> Replication {
             }
         }
         if let Some(path) = path {
-            rep.dirs.push(ReplicatedDir {
-                path,
-                exclude,
-                zone_size_bytes,
-            });
+            rep.dirs.push(ReplicatedDir { path, exclude, zone_size_bytes });
         }
     }
     rep
@@ -979,30 +890,17 @@ fn parse_farm(ctx: &mut Ctx, root: &Tbl) -> Farm {
     };
     t.check_keys(ctx, &["balance"], &[]);
     if let Some(b) = t.choice(ctx, "balance", &["client-ip", "client-ip-port"]) {
-        farm.balance = if b.val == "client-ip-port" {
-            Balance::ClientIpPort
-        } else {
-            Balance::ClientIp
-        };
+        farm.balance = if b.val == "client-ip-port" { Balance::ClientIpPort } else { Balance::ClientIp };
     }
     farm
 }
 
-fn parse_failover(
-    ctx: &mut Ctx,
-    root: &Tbl,
-    kind: Option<ModuleKind>,
-    nodes: &[ModuleNode],
-) -> Failover {
+fn parse_failover(ctx: &mut Ctx, root: &Tbl, kind: Option<ModuleKind>, nodes: &[ModuleNode]) -> Failover {
     let mut f = Failover::default();
     let Some(t) = root.table(ctx, "failover") else {
         return f;
     };
-    t.check_keys(
-        ctx,
-        &["enabled", "preferred", "loop_limit", "loop_interval"],
-        &[],
-    );
+    t.check_keys(ctx, &["enabled", "preferred", "loop_limit", "loop_interval"], &[]);
     if let Some(b) = t.bool(ctx, "enabled") {
         f.enabled = b.val;
     }
@@ -1017,9 +915,7 @@ fn parse_failover(
             match p.val.as_str() {
                 "alone" => f.preferred = Preferred::Alone,
                 "last" => f.preferred = Preferred::Last,
-                n if nodes.iter().any(|m| m.name == n) => {
-                    f.preferred = Preferred::Node(n.to_string())
-                }
+                n if nodes.iter().any(|m| m.name == n) => f.preferred = Preferred::Node(n.to_string()),
                 n => {
                     let names: Vec<&str> = nodes.iter().map(|m| m.name.as_str()).collect();
                     ctx.error(
@@ -1045,9 +941,10 @@ fn parse_failover(
 
 fn parse_witness(s: &str) -> Result<Witness, String> {
     if let Some(rest) = s.strip_prefix("tcp:") {
-        return rest.parse::<SocketAddr>().map(Witness::Tcp).map_err(|_| {
-            format!("invalid witness \"{s}\": expected \"tcp:IP:PORT\" (IPv6 as \"tcp:[IP]:PORT\")")
-        });
+        return rest
+            .parse::<SocketAddr>()
+            .map(Witness::Tcp)
+            .map_err(|_| format!("invalid witness \"{s}\": expected \"tcp:IP:PORT\" (IPv6 as \"tcp:[IP]:PORT\")"));
     }
     s.parse::<IpAddr>().map(Witness::Ping).map_err(|_| {
         format!("invalid witness \"{s}\": expected an IP address to ping (\"198.18.0.201\") or \"tcp:IP:PORT\"")
@@ -1065,10 +962,7 @@ fn parse_checkers(
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut splitbrain_seen: Option<usize> = None;
     let all_specific: Vec<&str> = {
-        let mut v: Vec<&str> = CHECKER_SPECIFIC
-            .iter()
-            .flat_map(|(_, k)| k.iter().copied())
-            .collect();
+        let mut v: Vec<&str> = CHECKER_SPECIFIC.iter().flat_map(|(_, k)| k.iter().copied()).collect();
         v.sort();
         v.dedup();
         v
@@ -1078,22 +972,13 @@ fn parse_checkers(
         let ty = if t.has("type") {
             t.choice(ctx, "type", CHECKER_TYPES)
         } else {
-            t.missing(
-                ctx,
-                "type",
-                &format!(" (one of {})", CHECKER_TYPES.join(", ")),
-            );
+            t.missing(ctx, "type", &format!(" (one of {})", CHECKER_TYPES.join(", ")));
             None
         };
         // Unknown keys, or keys of another checker type.
         let specific: &[&str] = ty
             .as_ref()
-            .and_then(|ty| {
-                CHECKER_SPECIFIC
-                    .iter()
-                    .find(|(n, _)| *n == ty.val)
-                    .map(|(_, k)| *k)
-            })
+            .and_then(|ty| CHECKER_SPECIFIC.iter().find(|(n, _)| *n == ty.val).map(|(_, k)| *k))
             .unwrap_or(&[]);
         let mut allowed: Vec<&str> = CHECKER_COMMON.to_vec();
         match &ty {
@@ -1104,11 +989,8 @@ fn parse_checkers(
             .iter()
             .filter(|k| !allowed.contains(k))
             .map(|k| {
-                let users: Vec<&str> = CHECKER_SPECIFIC
-                    .iter()
-                    .filter(|(_, ks)| ks.contains(k))
-                    .map(|(n, _)| *n)
-                    .collect();
+                let users: Vec<&str> =
+                    CHECKER_SPECIFIC.iter().filter(|(_, ks)| ks.contains(k)).map(|(n, _)| *n).collect();
                 (
                     *k,
                     format!(
@@ -1119,18 +1001,11 @@ fn parse_checkers(
                 )
             })
             .collect();
-        let elsewhere_ref: Vec<(&str, &str)> =
-            elsewhere.iter().map(|(k, m)| (*k, m.as_str())).collect();
+        let elsewhere_ref: Vec<(&str, &str)> = elsewhere.iter().map(|(k, m)| (*k, m.as_str())).collect();
         t.check_keys(ctx, &allowed, &elsewhere_ref);
 
-        let interval = t
-            .positive_duration(ctx, "interval")
-            .map(|d| d.val)
-            .unwrap_or(DEFAULT_CHECKER_INTERVAL);
-        let timeout = t
-            .positive_duration(ctx, "timeout")
-            .map(|d| d.val)
-            .unwrap_or(interval);
+        let interval = t.positive_duration(ctx, "interval").map(|d| d.val).unwrap_or(DEFAULT_CHECKER_INTERVAL);
+        let timeout = t.positive_duration(ctx, "timeout").map(|d| d.val).unwrap_or(interval);
 
         let Some(ty) = ty else { continue };
         let type_off = ty.off;
@@ -1143,23 +1018,11 @@ fn parse_checkers(
                         ctx.error(p.off, t.key_path("process"), "empty process name");
                     }
                 }
-                let min_count = t
-                    .int(ctx, "min_count", 1, i64::from(u32::MAX))
-                    .map(|n| n.val as u32)
-                    .unwrap_or(1);
-                process
-                    .filter(|p| !p.val.is_empty())
-                    .map(|p| CheckerKind::Process {
-                        process: p.val,
-                        min_count,
-                    })
+                let min_count = t.int(ctx, "min_count", 1, i64::from(u32::MAX)).map(|n| n.val as u32).unwrap_or(1);
+                process.filter(|p| !p.val.is_empty()).map(|p| CheckerKind::Process { process: p.val, min_count })
             }
             "interface" => t
-                .req_str(
-                    ctx,
-                    "interface",
-                    "an interface name string such as \"eth0\"",
-                )
+                .req_str(ctx, "interface", "an interface name string such as \"eth0\"")
                 .filter(|s| check_ifname(ctx, &t.key_path("interface"), s))
                 .map(|s| CheckerKind::Interface { interface: s.val }),
             "ip" | "ping" | "tcp" => {
@@ -1178,10 +1041,7 @@ fn parse_checkers(
                         }
                         let port = t.int(ctx, "port", 1, 65535);
                         match (address, port) {
-                            (Some(a), Some(p)) => Some(CheckerKind::Tcp {
-                                address: a.val,
-                                port: p.val as u16,
-                            }),
+                            (Some(a), Some(p)) => Some(CheckerKind::Tcp { address: a.val, port: p.val as u16 }),
                             _ => None,
                         }
                     }
@@ -1232,17 +1092,9 @@ fn parse_checkers(
                 }
                 let mut witnesses = Vec::new();
                 let mut ok = true;
-                if let Some(list) = t.str_array(
-                    ctx,
-                    "witnesses",
-                    "witness strings (\"IP\" or \"tcp:IP:PORT\")",
-                ) {
+                if let Some(list) = t.str_array(ctx, "witnesses", "witness strings (\"IP\" or \"tcp:IP:PORT\")") {
                     if list.val.is_empty() {
-                        ctx.error(
-                            list.off,
-                            t.key_path("witnesses"),
-                            "at least one witness is needed",
-                        );
+                        ctx.error(list.off, t.key_path("witnesses"), "at least one witness is needed");
                         ok = false;
                     }
                     for (i, w) in list.val.iter().enumerate() {
@@ -1262,7 +1114,11 @@ fn parse_checkers(
         };
         let action = if ty.val == "splitbrain" {
             if let Some(e) = t.get("action") {
-                ctx.error(e.key_off, t.key_path("action"), "a splitbrain checker has no action: its witnesses decide which node may be primary");
+                ctx.error(
+                    e.key_off,
+                    t.key_path("action"),
+                    "a splitbrain checker has no action: its witnesses decide which node may be primary",
+                );
             }
             None
         } else {
@@ -1270,17 +1126,15 @@ fn parse_checkers(
                 "process" | "tcp" | "custom" => CheckerAction::Restart,
                 _ => CheckerAction::Wait,
             };
-            Some(
-                match t.choice(ctx, "action", &["restart", "stopstart", "wait", "stop"]) {
-                    Some(a) => match a.val.as_str() {
-                        "restart" => CheckerAction::Restart,
-                        "stopstart" => CheckerAction::Stopstart,
-                        "wait" => CheckerAction::Wait,
-                        _ => CheckerAction::Stop,
-                    },
-                    None => default,
+            Some(match t.choice(ctx, "action", &["restart", "stopstart", "wait", "stop"]) {
+                Some(a) => match a.val.as_str() {
+                    "restart" => CheckerAction::Restart,
+                    "stopstart" => CheckerAction::Stopstart,
+                    "wait" => CheckerAction::Wait,
+                    _ => CheckerAction::Stop,
                 },
-            )
+                None => default,
+            })
         };
         let Some(name) = name else { continue };
         if let Some(&first) = names.get(&name.val) {
@@ -1288,22 +1142,13 @@ fn parse_checkers(
             ctx.error(
                 name.off,
                 t.key_path("name"),
-                format!(
-                    "duplicate checker name \"{}\" (first declared on line {l})",
-                    name.val
-                ),
+                format!("duplicate checker name \"{}\" (first declared on line {l})", name.val),
             );
             continue;
         }
         names.insert(name.val.clone(), name.off);
         if let Some(kind) = ck {
-            checkers.push(Checker {
-                name: name.val,
-                kind,
-                action,
-                interval,
-                timeout,
-            });
+            checkers.push(Checker { name: name.val, kind, action, interval, timeout });
         }
     }
     checkers
@@ -1338,16 +1183,9 @@ fn parse_hooks(ctx: &mut Ctx, root: &Tbl, kind: Option<ModuleKind>) -> Hooks {
             (None, path.clone(), default_timeout)
         } else if let Some(ht) = Tbl::of(e.item, path.clone(), path.clone(), e.key_off) {
             ht.check_keys(ctx, &["argv", "timeout"], &[]);
-            let timeout = ht
-                .positive_duration(ctx, "timeout")
-                .map(|d| d.val)
-                .unwrap_or(default_timeout);
+            let timeout = ht.positive_duration(ctx, "timeout").map(|d| d.val).unwrap_or(default_timeout);
             if !ht.has("argv") {
-                ht.missing(
-                    ctx,
-                    "argv",
-                    " (e.g. argv = [\"/usr/local/bin/start\", \"--now\"])",
-                );
+                ht.missing(ctx, "argv", " (e.g. argv = [\"/usr/local/bin/start\", \"--now\"])");
                 continue;
             }
             (Some(ht), format!("{path}.argv"), timeout)
@@ -1368,11 +1206,7 @@ fn parse_hooks(ctx: &mut Ctx, root: &Tbl, kind: Option<ModuleKind>) -> Hooks {
         };
         let Some(list) = list else { continue };
         if list.val.is_empty() {
-            ctx.error(
-                list.off,
-                argv_key,
-                "empty argv: give at least the absolute path of the program",
-            );
+            ctx.error(list.off, argv_key, "empty argv: give at least the absolute path of the program");
             continue;
         }
         let prog = &list.val[0];
@@ -1384,10 +1218,7 @@ fn parse_hooks(ctx: &mut Ctx, root: &Tbl, kind: Option<ModuleKind>) -> Hooks {
             );
             continue;
         }
-        *hooks.slot(point) = Some(Hook {
-            argv: list.val.into_iter().map(|s| s.val).collect(),
-            timeout,
-        });
+        *hooks.slot(point) = Some(Hook { argv: list.val.into_iter().map(|s| s.val).collect(), timeout });
     }
     hooks
 }

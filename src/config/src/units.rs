@@ -24,9 +24,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("empty duration: {DURATION_FORMS}"));
     }
     if s.starts_with('-') {
-        return Err(format!(
-            "invalid duration \"{s}\": negative durations are not allowed; {DURATION_FORMS}"
-        ));
+        return Err(format!("invalid duration \"{s}\": negative durations are not allowed; {DURATION_FORMS}"));
     }
     let (digits, rest) = split_number(s);
     if digits.is_empty() {
@@ -35,9 +33,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Some(frac) = rest.strip_prefix('.') {
         let (fdigits, unit) = split_number(frac);
         let hint = fraction_hint(digits, fdigits, unit);
-        return Err(format!(
-            "invalid duration \"{s}\": fractions are not accepted{hint}; {DURATION_FORMS}"
-        ));
+        return Err(format!("invalid duration \"{s}\": fractions are not accepted{hint}; {DURATION_FORMS}"));
     }
     let millis_per_unit: u64 = match rest {
         "ms" => 1,
@@ -45,22 +41,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "" => {
-            return Err(format!(
-                "invalid duration \"{s}\": missing unit; {DURATION_FORMS}"
-            ));
+            return Err(format!("invalid duration \"{s}\": missing unit; {DURATION_FORMS}"));
         }
         other => {
-            return Err(format!(
-                "invalid duration \"{s}\": unknown unit \"{other}\"; {DURATION_FORMS}"
-            ));
+            return Err(format!("invalid duration \"{s}\": unknown unit \"{other}\"; {DURATION_FORMS}"));
         }
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid duration \"{s}\": number too large"))?;
-    let ms = n
-        .checked_mul(millis_per_unit)
-        .ok_or_else(|| format!("invalid duration \"{s}\": number too large"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("invalid duration \"{s}\": number too large"))?;
+    let ms = n.checked_mul(millis_per_unit).ok_or_else(|| format!("invalid duration \"{s}\": number too large"))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -109,18 +97,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("empty size: {SIZE_FORMS}"));
     }
     if s.starts_with('-') {
-        return Err(format!(
-            "invalid size \"{s}\": negative sizes are not allowed; {SIZE_FORMS}"
-        ));
+        return Err(format!("invalid size \"{s}\": negative sizes are not allowed; {SIZE_FORMS}"));
     }
     let (digits, rest) = split_number(s);
     if digits.is_empty() {
         return Err(format!("invalid size \"{s}\": {SIZE_FORMS}"));
     }
     if rest.starts_with('.') {
-        return Err(format!(
-            "invalid size \"{s}\": fractions are not accepted; {SIZE_FORMS}"
-        ));
+        return Err(format!("invalid size \"{s}\": fractions are not accepted; {SIZE_FORMS}"));
     }
     let mult: u64 = match rest {
         "B" => 1,
@@ -136,18 +120,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         other => return Err(format!("invalid size \"{s}\": unknown unit \"{other}\"; {SIZE_FORMS}")),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size \"{s}\": number too large"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("invalid size \"{s}\": number too large"))
+    let n: u64 = digits.parse().map_err(|_| format!("invalid size \"{s}\": number too large"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("invalid size \"{s}\": number too large"))
 }
 
 /// Parses a bandwidth: a size per second, written `"100MiB"` or `"100MiB/s"` (both mean the same).
 pub fn parse_bandwidth(s: &str) -> Result<u64, String> {
     let base = s.strip_suffix("/s").unwrap_or(s);
-    parse_size(base)
-        .map_err(|e| format!("{e} (a bandwidth is a size per second, e.g. \"100MiB/s\")"))
+    parse_size(base).map_err(|e| format!("{e} (a bandwidth is a size per second, e.g. \"100MiB/s\")"))
 }
 
 /// Formats a byte count with the largest binary unit that divides it exactly.
@@ -169,9 +149,7 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
             Ok(IpAddr::V6(_)) => format!(" (e.g. \"{s}/64\")"),
             Err(_) => String::new(),
         };
-        return Err(format!(
-            "invalid CIDR \"{s}\": missing prefix length; expected ADDRESS/PREFIX{hint}"
-        ));
+        return Err(format!("invalid CIDR \"{s}\": missing prefix length; expected ADDRESS/PREFIX{hint}"));
     };
     let ip: IpAddr = addr.parse().map_err(|_| {
         format!("invalid CIDR \"{s}\": \"{addr}\" is not an IPv4 or IPv6 address; expected ADDRESS/PREFIX (e.g. \"198.18.0.100/24\")")
@@ -179,12 +157,10 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len: u8 = match prefix.parse::<u8>() {
         Ok(n) if prefix.chars().all(|c| c.is_ascii_digit()) && (1..=max).contains(&n) => n,
-        _ => {
-            return Err(format!(
-                "invalid CIDR \"{s}\": prefix length \"{prefix}\" must be an integer from 1 to {max} for an IPv{} address",
-                if ip.is_ipv4() { 4 } else { 6 }
-            ))
-        }
+        _ => return Err(format!(
+            "invalid CIDR \"{s}\": prefix length \"{prefix}\" must be an integer from 1 to {max} for an IPv{} address",
+            if ip.is_ipv4() { 4 } else { 6 }
+        )),
     };
     Ok((ip, len))
 }
@@ -196,15 +172,10 @@ pub fn check_name(s: &str) -> Result<(), String> {
         return Err("empty name: names use lowercase letters, digits and '-' (e.g. \"n1\")".into());
     }
     if s.len() > 32 {
-        return Err(format!(
-            "name \"{s}\" is {} characters long; at most 32 are allowed",
-            s.len()
-        ));
+        return Err(format!("name \"{s}\" is {} characters long; at most 32 are allowed", s.len()));
     }
     let first_ok = s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = s
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let rest_ok = s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !first_ok || !rest_ok {
         return Err(format!(
             "invalid name \"{s}\": names use lowercase letters, digits and '-', and start with a letter or digit"
@@ -228,9 +199,7 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=n {
         for j in 1..=m {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }
@@ -269,21 +238,12 @@ mod tests {
         assert!(parse_duration("").unwrap_err().contains("empty duration"));
         assert!(parse_duration("-1s").unwrap_err().contains("negative"));
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("s")
-            .unwrap_err()
-            .contains("expected an integer"));
+        assert!(parse_duration("s").unwrap_err().contains("expected an integer"));
         assert!(parse_duration("1 s").unwrap_err().contains("unknown unit"));
         let e = parse_duration("1.5s").unwrap_err();
-        assert!(
-            e.contains("fractions are not accepted (write \"1500ms\")"),
-            "{e}"
-        );
-        assert!(parse_duration("99999999999999999999s")
-            .unwrap_err()
-            .contains("too large"));
-        assert!(parse_duration("18446744073709551615h")
-            .unwrap_err()
-            .contains("too large"));
+        assert!(e.contains("fractions are not accepted (write \"1500ms\")"), "{e}");
+        assert!(parse_duration("99999999999999999999s").unwrap_err().contains("too large"));
+        assert!(parse_duration("18446744073709551615h").unwrap_err().contains("too large"));
     }
 
     #[test]
@@ -305,9 +265,7 @@ mod tests {
         assert!(parse_size("1.5MiB").unwrap_err().contains("fractions"));
         assert!(parse_size("-1MiB").unwrap_err().contains("negative"));
         assert!(parse_size("1TB").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("99999999999GiB")
-            .unwrap_err()
-            .contains("too large"));
+        assert!(parse_size("99999999999GiB").unwrap_err().contains("too large"));
         assert_eq!(parse_bandwidth("100MiB/s").unwrap(), 100 << 20);
         assert_eq!(parse_bandwidth("100MiB").unwrap(), 100 << 20);
         assert_eq!(format_size(1 << 20), "1MiB");
@@ -316,33 +274,15 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        assert_eq!(
-            parse_cidr("198.18.0.100/24").unwrap(),
-            ("198.18.0.100".parse().unwrap(), 24)
-        );
-        assert_eq!(
-            parse_cidr("fd00::10/64").unwrap(),
-            ("fd00::10".parse().unwrap(), 64)
-        );
+        assert_eq!(parse_cidr("198.18.0.100/24").unwrap(), ("198.18.0.100".parse().unwrap(), 24));
+        assert_eq!(parse_cidr("fd00::10/64").unwrap(), ("fd00::10".parse().unwrap(), 64));
         assert_eq!(parse_cidr("10.0.0.1/32").unwrap().1, 32);
-        assert!(parse_cidr("198.18.0.100")
-            .unwrap_err()
-            .contains("missing prefix length"));
-        assert!(parse_cidr("198.18.0.100")
-            .unwrap_err()
-            .contains("198.18.0.100/24"));
-        assert!(parse_cidr("198.18.0.300/24")
-            .unwrap_err()
-            .contains("not an IPv4 or IPv6"));
-        assert!(parse_cidr("198.18.0.1/33")
-            .unwrap_err()
-            .contains("from 1 to 32"));
-        assert!(parse_cidr("198.18.0.1/0")
-            .unwrap_err()
-            .contains("from 1 to 32"));
-        assert!(parse_cidr("fd00::1/129")
-            .unwrap_err()
-            .contains("from 1 to 128"));
+        assert!(parse_cidr("198.18.0.100").unwrap_err().contains("missing prefix length"));
+        assert!(parse_cidr("198.18.0.100").unwrap_err().contains("198.18.0.100/24"));
+        assert!(parse_cidr("198.18.0.300/24").unwrap_err().contains("not an IPv4 or IPv6"));
+        assert!(parse_cidr("198.18.0.1/33").unwrap_err().contains("from 1 to 32"));
+        assert!(parse_cidr("198.18.0.1/0").unwrap_err().contains("from 1 to 32"));
+        assert!(parse_cidr("fd00::1/129").unwrap_err().contains("from 1 to 128"));
         assert!(parse_cidr("198.18.0.1/+4").is_err());
         assert!(parse_cidr("198.18.0.1/").is_err());
     }
@@ -357,9 +297,7 @@ mod tests {
         assert!(check_name("N1").is_err());
         assert!(check_name("a_b").is_err());
         assert!(check_name(&"a".repeat(32)).is_ok());
-        assert!(check_name(&"a".repeat(33))
-            .unwrap_err()
-            .contains("at most 32"));
+        assert!(check_name(&"a".repeat(33)).unwrap_err().contains("at most 32"));
     }
 
     #[test]
@@ -373,9 +311,6 @@ mod tests {
         assert_eq!(suggest("Pulse", &keys), Some("pulse"));
         assert_eq!(suggest("zzz", &keys), None);
         assert_eq!(suggest("nodes", &["node", "name", "network"]), Some("node"));
-        assert_eq!(
-            suggest("adresses", &["name", "addresses"]),
-            Some("addresses")
-        );
+        assert_eq!(suggest("adresses", &["name", "addresses"]), Some("addresses"));
     }
 }

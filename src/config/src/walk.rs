@@ -21,12 +21,7 @@ impl<'a> Ctx<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Ctx {
-            file,
-            text,
-            line_starts,
-            errors: Vec::new(),
-        }
+        Ctx { file, text, line_starts, errors: Vec::new() }
     }
 
     /// 1-based (line, column) of a byte offset; the column counts characters.
@@ -34,11 +29,7 @@ impl<'a> Ctx<'a> {
         let off = off.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= off) - 1;
         let start = self.line_starts[line];
-        let col = self
-            .text
-            .get(start..off)
-            .map(|s| s.chars().count())
-            .unwrap_or(off - start);
+        let col = self.text.get(start..off).map(|s| s.chars().count()).unwrap_or(off - start);
         (line + 1, col + 1)
     }
 
@@ -121,38 +112,21 @@ impl<'d> Tbl<'d> {
         match item {
             Item::Table(t) => {
                 for (name, it) in t.iter() {
-                    let key_off = t
-                        .key(name)
-                        .and_then(|k| k.span())
-                        .map(|s| s.start)
-                        .unwrap_or(off);
-                    entries.push(Entry {
-                        name,
-                        key_off,
-                        item: it,
-                    });
+                    let key_off = t.key(name).and_then(|k| k.span()).map(|s| s.start).unwrap_or(off);
+                    entries.push(Entry { name, key_off, item: it });
                 }
             }
             Item::Value(Value::InlineTable(t)) => {
                 for (name, _) in t.iter() {
                     if let Some((k, it)) = t.get_key_value(name) {
                         let key_off = k.span().map(|s| s.start).unwrap_or(off);
-                        entries.push(Entry {
-                            name,
-                            key_off,
-                            item: it,
-                        });
+                        entries.push(Entry { name, key_off, item: it });
                     }
                 }
             }
             _ => return None,
         }
-        Some(Tbl {
-            path,
-            label,
-            off,
-            entries,
-        })
+        Some(Tbl { path, label, off, entries })
     }
 
     pub fn get(&self, key: &str) -> Option<Entry<'d>> {
@@ -180,27 +154,16 @@ impl<'d> Tbl<'d> {
                 continue;
             }
             if let Some((_, why)) = elsewhere.iter().find(|(k, _)| *k == e.name) {
-                ctx.error(
-                    e.key_off,
-                    self.key_path(e.name),
-                    format!("key `{}` {why}", e.name),
-                );
+                ctx.error(e.key_off, self.key_path(e.name), format!("key `{}` {why}", e.name));
                 continue;
             }
             let msg = match units::suggest(e.name, allowed) {
-                Some(s) => format!(
-                    "unknown key `{}` in {}; did you mean `{s}`?",
-                    e.name, self.label
-                ),
+                Some(s) => format!("unknown key `{}` in {}; did you mean `{s}`?", e.name, self.label),
                 None => format!(
                     "unknown key `{}` in {}; valid keys are: {}",
                     e.name,
                     self.label,
-                    allowed
-                        .iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    allowed.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
                 ),
             };
             ctx.error(e.key_off, self.key_path(e.name), msg);
@@ -209,29 +172,18 @@ impl<'d> Tbl<'d> {
 
     /// Reports a missing required key at the table header.
     pub fn missing(&self, ctx: &mut Ctx, key: &str, hint: &str) {
-        ctx.error(
-            self.off,
-            self.key_path(key),
-            format!("missing required key `{key}` in {}{hint}", self.label),
-        );
+        ctx.error(self.off, self.key_path(key), format!("missing required key `{key}` in {}{hint}", self.label));
     }
 
     fn wrong_type(&self, ctx: &mut Ctx, e: &Entry, expected: &str) {
-        ctx.error(
-            e.off(),
-            self.key_path(e.name),
-            format!("expected {expected}, found {}", type_name(e.item)),
-        );
+        ctx.error(e.off(), self.key_path(e.name), format!("expected {expected}, found {}", type_name(e.item)));
     }
 
     /// A string value, `None` (with an error) if it has another type.
     pub fn str(&self, ctx: &mut Ctx, key: &str, expected: &str) -> Option<Sp<String>> {
         let e = self.get(key)?;
         match e.item.as_str() {
-            Some(s) => Some(Sp {
-                val: s.to_string(),
-                off: e.off(),
-            }),
+            Some(s) => Some(Sp { val: s.to_string(), off: e.off() }),
             None => {
                 self.wrong_type(ctx, &e, expected);
                 None
@@ -251,10 +203,7 @@ impl<'d> Tbl<'d> {
     pub fn bool(&self, ctx: &mut Ctx, key: &str) -> Option<Sp<bool>> {
         let e = self.get(key)?;
         match e.item.as_bool() {
-            Some(b) => Some(Sp {
-                val: b,
-                off: e.off(),
-            }),
+            Some(b) => Some(Sp { val: b, off: e.off() }),
             None => {
                 self.wrong_type(ctx, &e, "a boolean (true or false)");
                 None
@@ -266,10 +215,7 @@ impl<'d> Tbl<'d> {
     pub fn int(&self, ctx: &mut Ctx, key: &str, min: i64, max: i64) -> Option<Sp<i64>> {
         let e = self.get(key)?;
         match e.item.as_integer() {
-            Some(n) if (min..=max).contains(&n) => Some(Sp {
-                val: n,
-                off: e.off(),
-            }),
+            Some(n) if (min..=max).contains(&n) => Some(Sp { val: n, off: e.off() }),
             Some(n) => {
                 ctx.error(
                     e.off(),
@@ -343,26 +289,13 @@ impl<'d> Tbl<'d> {
 
     /// One of a fixed set of string values.
     pub fn choice(&self, ctx: &mut Ctx, key: &str, choices: &[&str]) -> Option<Sp<String>> {
-        let listed = choices
-            .iter()
-            .map(|c| format!("\"{c}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let listed = choices.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
         let s = self.str(ctx, key, &format!("one of the strings {listed}"))?;
         if choices.contains(&s.val.as_str()) {
             return Some(s);
         }
-        let hint = units::suggest(&s.val, choices)
-            .map(|c| format!("; did you mean \"{c}\"?"))
-            .unwrap_or_default();
-        ctx.error(
-            s.off,
-            self.key_path(key),
-            format!(
-                "invalid value \"{}\": expected one of {listed}{hint}",
-                s.val
-            ),
-        );
+        let hint = units::suggest(&s.val, choices).map(|c| format!("; did you mean \"{c}\"?")).unwrap_or_default();
+        ctx.error(s.off, self.key_path(key), format!("invalid value \"{}\": expected one of {listed}{hint}", s.val));
         None
     }
 
@@ -378,27 +311,18 @@ impl<'d> Tbl<'d> {
         for (i, v) in arr.iter().enumerate() {
             let off = v.span().map(|s| s.start).unwrap_or(e.off());
             match v.as_str() {
-                Some(s) => out.push(Sp {
-                    val: s.to_string(),
-                    off,
-                }),
+                Some(s) => out.push(Sp { val: s.to_string(), off }),
                 None => {
                     ctx.error(
                         off,
                         format!("{}[{i}]", self.key_path(key)),
-                        format!(
-                            "expected {what}, found {}",
-                            type_name(&Item::Value(v.clone()))
-                        ),
+                        format!("expected {what}, found {}", type_name(&Item::Value(v.clone()))),
                     );
                     ok = false;
                 }
             }
         }
-        ok.then_some(Sp {
-            val: out,
-            off: e.off(),
-        })
+        ok.then_some(Sp { val: out, off: e.off() })
     }
 
     /// A sub-table (`[a.b]`, `a.b = ...` or `b = { ... }`); `None` if absent or not a table.
@@ -429,23 +353,10 @@ impl<'d> Tbl<'d> {
                     let off = t.span().map(|s| s.start).unwrap_or(e.key_off);
                     let mut entries = Vec::new();
                     for (name, it) in t.iter() {
-                        let key_off = t
-                            .key(name)
-                            .and_then(|k| k.span())
-                            .map(|s| s.start)
-                            .unwrap_or(off);
-                        entries.push(Entry {
-                            name,
-                            key_off,
-                            item: it,
-                        });
+                        let key_off = t.key(name).and_then(|k| k.span()).map(|s| s.start).unwrap_or(off);
+                        entries.push(Entry { name, key_off, item: it });
                     }
-                    out.push(Tbl {
-                        path: format!("{path}[{i}]"),
-                        label: label.clone(),
-                        off,
-                        entries,
-                    });
+                    out.push(Tbl { path: format!("{path}[{i}]"), label: label.clone(), off, entries });
                 }
             }
             Item::Value(Value::Array(arr)) => {
@@ -457,25 +368,12 @@ impl<'d> Tbl<'d> {
                         for (name, _) in t.iter() {
                             if let Some((k, it)) = t.get_key_value(name) {
                                 let key_off = k.span().map(|s| s.start).unwrap_or(off);
-                                entries.push(Entry {
-                                    name,
-                                    key_off,
-                                    item: it,
-                                });
+                                entries.push(Entry { name, key_off, item: it });
                             }
                         }
-                        out.push(Tbl {
-                            path: format!("{path}[{i}]"),
-                            label: label.clone(),
-                            off,
-                            entries,
-                        });
+                        out.push(Tbl { path: format!("{path}[{i}]"), label: label.clone(), off, entries });
                     } else {
-                        ctx.error(
-                            off,
-                            format!("{path}[{i}]"),
-                            format!("expected a table, found {}", type_name(&item)),
-                        );
+                        ctx.error(off, format!("{path}[{i}]"), format!("expected a table, found {}", type_name(&item)));
                     }
                 }
             }
@@ -483,10 +381,7 @@ impl<'d> Tbl<'d> {
                 ctx.error(
                     e.off(),
                     path.clone(),
-                    format!(
-                        "expected an array of tables (write [[{path}]] headers), found {}",
-                        type_name(other)
-                    ),
+                    format!("expected an array of tables (write [[{path}]] headers), found {}", type_name(other)),
                 );
             }
         }
@@ -496,21 +391,10 @@ impl<'d> Tbl<'d> {
 
 pub(crate) fn parse_ip(ctx: &mut Ctx, key: &str, s: &Sp<String>) -> Option<Sp<IpAddr>> {
     match s.val.parse::<IpAddr>() {
-        Ok(ip) => Some(Sp {
-            val: ip,
-            off: s.off,
-        }),
+        Ok(ip) => Some(Sp { val: ip, off: s.off }),
         Err(_) => {
-            let hint = if s.val.contains('/') {
-                " (write it without a prefix length)"
-            } else {
-                ""
-            };
-            ctx.error(
-                s.off,
-                key,
-                format!("invalid IP address \"{}\"{hint}", s.val),
-            );
+            let hint = if s.val.contains('/') { " (write it without a prefix length)" } else { "" };
+            ctx.error(s.off, key, format!("invalid IP address \"{}\"{hint}", s.val));
             None
         }
     }
@@ -522,11 +406,7 @@ pub(crate) fn parse_doc(ctx: &mut Ctx, text: &str) -> Option<toml_edit::Document
         Ok(d) => Some(d),
         Err(e) => {
             let off = e.span().map(|s| s.start).unwrap_or(0);
-            ctx.error(
-                off,
-                "",
-                format!("TOML syntax error: {}", e.message().trim()),
-            );
+            ctx.error(off, "", format!("TOML syntax error: {}", e.message().trim()));
             None
         }
     }

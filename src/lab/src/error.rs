@@ -21,20 +21,10 @@ pub enum LabError {
     NotFound { lab: String, path: PathBuf },
 
     #[error("lab {lab:?} has no host {host:?} (hosts: {known})")]
-    UnknownHost {
-        lab: String,
-        host: String,
-        known: String,
-    },
+    UnknownHost { lab: String, host: String, known: String },
 
     #[error("lab {lab:?} has no network {network} (it has {networks} network(s), numbered from 0; host {host} is on {host_networks})")]
-    UnknownNetwork {
-        lab: String,
-        host: String,
-        network: u8,
-        networks: u8,
-        host_networks: String,
-    },
+    UnknownNetwork { lab: String, host: String, network: u8, networks: u8, host_networks: String },
 
     #[error("lab {lab:?}: host {host} is running; `restart` is power-on after `tandem lab kill --name {lab} {host}`")]
     HostRunning { lab: String, host: String },
@@ -43,13 +33,7 @@ pub enum LabError {
     HostKilled { lab: String, host: String },
 
     #[error("lab {lab:?}: {what} failed: `{command}` {status}{}", fmt_stderr(.stderr))]
-    Command {
-        lab: String,
-        what: String,
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    Command { lab: String, what: String, command: String, status: String, stderr: String },
 
     #[error("lab {lab:?}: {context}: {source}")]
     Io {
@@ -68,22 +52,13 @@ pub enum LabError {
     },
 
     #[error("lab {lab:?}: state file {path}: {reason}")]
-    State {
-        lab: String,
-        path: PathBuf,
-        reason: String,
-    },
+    State { lab: String, path: PathBuf, reason: String },
 
     #[error("no cgroup v2 hierarchy is mounted on this machine (none in /proc/self/mountinfo); the lab needs one to group and kill a node's processes: mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified` (or boot with systemd.unified_cgroup_hierarchy=1)")]
     NoCgroup2,
 
     #[error("lab {lab:?}: processes of host {host} still alive {waited_ms} ms after cgroup.kill ({cgroup})")]
-    KillTimeout {
-        lab: String,
-        host: String,
-        cgroup: PathBuf,
-        waited_ms: u64,
-    },
+    KillTimeout { lab: String, host: String, cgroup: PathBuf, waited_ms: u64 },
 
     #[error("the lab needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to create namespaces, mounts and cgroups")]
     NotRoot,
@@ -103,17 +78,9 @@ fn fmt_stderr(stderr: &str) -> String {
 
 impl LabError {
     pub(crate) fn io(lab: &str, context: impl Into<String>, source: std::io::Error) -> Self {
-        LabError::Io {
-            lab: lab.to_string(),
-            context: context.into(),
-            source,
-        }
+        LabError::Io { lab: lab.to_string(), context: context.into(), source }
     }
     pub(crate) fn sys(lab: &str, context: impl Into<String>, source: nix::Error) -> Self {
-        LabError::Sys {
-            lab: lab.to_string(),
-            context: context.into(),
-            source,
-        }
+        LabError::Sys { lab: lab.to_string(), context: context.into(), source }
     }
 }

@@ -66,10 +66,7 @@ impl Lab {
         let paths = Paths::system(sys::cgroup2_mount()?);
         let _lock = sys::lock_machine(&paths.lock_file())?;
         if let Some(evidence) = leftovers(&paths, &spec.name).first() {
-            return Err(LabError::Exists {
-                lab: spec.name.clone(),
-                evidence: evidence.clone(),
-            });
+            return Err(LabError::Exists { lab: spec.name.clone(), evidence: evidence.clone() });
         }
         match build(&paths, &spec) {
             Ok(()) => Ok(Lab { paths, spec }),
@@ -87,10 +84,7 @@ impl Lab {
         names::validate_lab_name(name)?;
         let probe = Paths::system(PathBuf::new());
         let state = state::LabState::load(name, &probe.state_file(name))?;
-        Ok(Lab {
-            paths: Paths::system(state.cgroup_mount.clone()),
-            spec: state.spec,
-        })
+        Ok(Lab { paths: Paths::system(state.cgroup_mount.clone()), spec: state.spec })
     }
 
     /// The lab's name.
@@ -137,8 +131,7 @@ impl Lab {
     pub fn host_addr(&self, host: &str, network: u8) -> Result<Ipv4Addr> {
         let h = self.spec.host(host)?;
         let nets = self.spec.host_networks(h, Some(network))?;
-        Ok(h.addr(nets[0], self.spec.networks)
-            .expect("host on network"))
+        Ok(h.addr(nets[0], self.spec.networks).expect("host on network"))
     }
 
     /// A command that, when spawned (or `exec`ed), runs `argv` inside `host`: in its cgroup, its
@@ -154,15 +147,10 @@ impl Lab {
             });
         };
         if self.state()?.is_killed(host) {
-            return Err(LabError::HostKilled {
-                lab: lab.to_string(),
-                host: host.to_string(),
-            });
+            return Err(LabError::HostKilled { lab: lab.to_string(), host: host.to_string() });
         }
-        let open = |p: &Path| {
-            File::open(p)
-                .map_err(|e| LabError::io(lab, format!("host {host}: opening {}", p.display()), e))
-        };
+        let open =
+            |p: &Path| File::open(p).map_err(|e| LabError::io(lab, format!("host {host}: opening {}", p.display()), e));
         let net = open(&self.paths.netns_file(lab, h))?;
         let uts = open(&self.paths.uts_file(lab, h))?;
         let mnt = open(&self.paths.mnt_file(lab, h))?;
@@ -170,13 +158,7 @@ impl Lab {
         let procs = OpenOptions::new()
             .write(true)
             .open(&procs_path)
-            .map_err(|e| {
-                LabError::io(
-                    lab,
-                    format!("host {host}: opening {}", procs_path.display()),
-                    e,
-                )
-            })?;
+            .map_err(|e| LabError::io(lab, format!("host {host}: opening {}", procs_path.display()), e))?;
         let mut cmd = Command::new(program);
         cmd.args(args);
         // SAFETY: the closure only makes system calls (getpid, write, setns, chdir) on file
@@ -193,18 +175,9 @@ impl Lab {
         let h = self.spec.host(host)?;
         let _lock = sys::lock_machine(&self.paths.lock_file())?;
         let mut st = self.state()?;
-        sys::cgroup_kill(
-            self.name(),
-            host,
-            &self.paths.cgroup_host(self.name(), h),
-            KILL_TIMEOUT,
-        )?;
+        sys::cgroup_kill(self.name(), host, &self.paths.cgroup_host(self.name(), h), KILL_TIMEOUT)?;
         for k in h.networks(self.spec.networks) {
-            sys::run(
-                self.name(),
-                &format!("power loss of {host}"),
-                &plan::link_cmd(self.name(), h, k, false),
-            )?;
+            sys::run(self.name(), &format!("power loss of {host}"), &plan::link_cmd(self.name(), h, k, false))?;
         }
         if !st.is_killed(host) {
             st.killed.push(host.to_string());
@@ -223,10 +196,7 @@ impl Lab {
         let _lock = sys::lock_machine(&self.paths.lock_file())?;
         let mut st = self.state()?;
         if !st.is_killed(host) {
-            return Err(LabError::HostRunning {
-                lab: lab.to_string(),
-                host: host.to_string(),
-            });
+            return Err(LabError::HostRunning { lab: lab.to_string(), host: host.to_string() });
         }
         sys::cgroup_kill(lab, host, &self.paths.cgroup_host(lab, h), KILL_TIMEOUT)?;
         let what = format!("power-on of {host}");
@@ -235,11 +205,7 @@ impl Lab {
             let del = Cmd::new(["ip", "-n", &names::switch_netns(lab), "link", "del", &port]);
             sys::run(lab, &what, &del)?;
         }
-        sys::run(
-            lab,
-            &what,
-            &Cmd::new(["ip", "netns", "del", &names::netns_name(lab, h)]),
-        )?;
+        sys::run(lab, &what, &Cmd::new(["ip", "netns", "del", &names::netns_name(lab, h)]))?;
         for cmd in plan::host_net_steps(&self.spec, h, |k| !st.is_cut(host, k)) {
             sys::run(lab, &what, &cmd)?;
         }
@@ -267,18 +233,12 @@ impl Lab {
         let killed = st.is_killed(host);
         for k in nets {
             if !killed {
-                let what = format!(
-                    "{} of {host} on network {k}",
-                    if cut { "cut" } else { "heal" }
-                );
+                let what = format!("{} of {host} on network {k}", if cut { "cut" } else { "heal" });
                 sys::run(self.name(), &what, &plan::link_cmd(self.name(), h, k, !cut))?;
             }
             st.cut.retain(|c| !(c.host == host && c.network == k));
             if cut {
-                st.cut.push(CutLink {
-                    host: host.to_string(),
-                    network: k,
-                });
+                st.cut.push(CutLink { host: host.to_string(), network: k });
             }
         }
         st.cut.sort();
@@ -314,11 +274,7 @@ impl Lab {
                     .collect();
                 HostStatus {
                     processes: sys::cgroup_pids(&self.paths.cgroup_host(self.name(), h)).len(),
-                    power: if killed {
-                        Power::Killed
-                    } else {
-                        Power::Running
-                    },
+                    power: if killed { Power::Killed } else { Power::Running },
                     host: name,
                     links,
                 }
@@ -402,52 +358,30 @@ fn build(paths: &Paths, spec: &LabSpec) -> Result<()> {
             fs::create_dir_all(&src).map_err(io_err(format!("creating {}", src.display())))?;
             let is_extra = spec.private_dirs.contains(&target);
             if is_extra && target.is_dir() {
-                let cp = Cmd::new([
-                    "cp",
-                    "-a",
-                    &format!("{}/.", target.display()),
-                    &format!("{}/", src.display()),
-                ]);
-                sys::run(
-                    lab,
-                    &format!("copying {} for host {h}", target.display()),
-                    &cp,
-                )?;
+                let cp = Cmd::new(["cp", "-a", &format!("{}/.", target.display()), &format!("{}/", src.display())]);
+                sys::run(lab, &format!("copying {} for host {h}", target.display()), &cp)?;
             }
         }
     }
 
     // Mount points on the machine.
-    let mut targets: Vec<PathBuf> = plan::FIXED_PRIVATE_DIRS
-        .iter()
-        .map(|(d, _)| PathBuf::from(d))
-        .collect();
+    let mut targets: Vec<PathBuf> = plan::FIXED_PRIVATE_DIRS.iter().map(|(d, _)| PathBuf::from(d)).collect();
     targets.extend(spec.private_dirs.iter().cloned());
     for t in &targets {
         if t.exists() {
             if !t.is_dir() {
                 return Err(LabError::InvalidSpec {
                     lab: lab.to_string(),
-                    reason: format!(
-                        "private directory {} exists and is not a directory",
-                        t.display()
-                    ),
+                    reason: format!("private directory {} exists and is not a directory", t.display()),
                 });
             }
             continue;
         }
-        let missing: Vec<PathBuf> = t
-            .ancestors()
-            .take_while(|a| !a.exists())
-            .map(Path::to_path_buf)
-            .collect();
+        let missing: Vec<PathBuf> = t.ancestors().take_while(|a| !a.exists()).map(Path::to_path_buf).collect();
         fs::create_dir_all(t).map_err(io_err(format!("creating mount point {}", t.display())))?;
         // Outermost first, as created.
         for m in missing.into_iter().rev() {
-            register_created(paths, &m).map_err(io_err(format!(
-                "recording {}",
-                paths.created_registry().display()
-            )))?;
+            register_created(paths, &m).map_err(io_err(format!("recording {}", paths.created_registry().display())))?;
             st.created_mountpoints.push(m);
         }
     }
@@ -457,16 +391,8 @@ fn build(paths: &Paths, spec: &LabSpec) -> Result<()> {
     let run_dir = paths.lab_run_dir(lab);
     fs::create_dir_all(&run_dir).map_err(io_err(format!("creating {}", run_dir.display())))?;
     let rd = run_dir.display().to_string();
-    sys::run(
-        lab,
-        "making the runtime directory a mount",
-        &Cmd::new(["mount", "--bind", &rd, &rd]),
-    )?;
-    sys::run(
-        lab,
-        "making the runtime directory private",
-        &Cmd::new(["mount", "--make-private", &rd]),
-    )?;
+    sys::run(lab, "making the runtime directory a mount", &Cmd::new(["mount", "--bind", &rd, &rd]))?;
+    sys::run(lab, "making the runtime directory private", &Cmd::new(["mount", "--make-private", &rd]))?;
 
     // cgroups.
     for h in spec.hosts() {
@@ -486,11 +412,7 @@ fn build(paths: &Paths, spec: &LabSpec) -> Result<()> {
         for f in [paths.mnt_file(lab, h), paths.uts_file(lab, h)] {
             File::create(&f).map_err(io_err(format!("creating {}", f.display())))?;
         }
-        sys::run(
-            lab,
-            &format!("creating the mount namespace of host {h}"),
-            &plan::mountns_cmd(spec, paths, h),
-        )?;
+        sys::run(lab, &format!("creating the mount namespace of host {h}"), &plan::mountns_cmd(spec, paths, h))?;
     }
     st.built = true;
     st.save(&paths.state_file(lab))
@@ -510,11 +432,7 @@ fn register_created(paths: &Paths, dir: &Path) -> io::Result<()> {
 /// Evidence that something of lab `lab` exists on the machine.
 fn leftovers(paths: &Paths, lab: &str) -> Vec<String> {
     let mut v = Vec::new();
-    for p in [
-        paths.lab_state_dir(lab),
-        paths.lab_run_dir(lab),
-        paths.cgroup_lab(lab),
-    ] {
+    for p in [paths.lab_state_dir(lab), paths.lab_run_dir(lab), paths.cgroup_lab(lab)] {
         if p.exists() {
             v.push(p.display().to_string());
         }
@@ -562,26 +480,24 @@ pub fn list() -> Result<Vec<LabSummary>> {
     let paths = machine_paths();
     Ok(lab_names(&paths)
         .into_iter()
-        .map(
-            |name| match LabState::load(&name, &paths.state_file(&name)) {
-                Ok(st) => LabSummary {
-                    complete: st.built,
-                    nodes: Some(st.spec.nodes),
-                    networks: Some(st.spec.networks),
-                    created_unix: Some(st.created_unix),
-                    killed: st.killed,
-                    name,
-                },
-                Err(_) => LabSummary {
-                    name,
-                    complete: false,
-                    nodes: None,
-                    networks: None,
-                    created_unix: None,
-                    killed: Vec::new(),
-                },
+        .map(|name| match LabState::load(&name, &paths.state_file(&name)) {
+            Ok(st) => LabSummary {
+                complete: st.built,
+                nodes: Some(st.spec.nodes),
+                networks: Some(st.spec.networks),
+                created_unix: Some(st.created_unix),
+                killed: st.killed,
+                name,
             },
-        )
+            Err(_) => LabSummary {
+                name,
+                complete: false,
+                nodes: None,
+                networks: None,
+                created_unix: None,
+                killed: Vec::new(),
+            },
+        })
         .collect())
 }
 
@@ -615,10 +531,7 @@ pub fn down_all() -> Result<Vec<String>> {
     if problems.is_empty() {
         Ok(labs)
     } else {
-        Err(LabError::Teardown {
-            lab: "*".into(),
-            problems,
-        })
+        Err(LabError::Teardown { lab: "*".into(), problems })
     }
 }
 
@@ -626,14 +539,8 @@ pub fn down_all() -> Result<Vec<String>> {
 fn teardown(paths: &Paths, lab: &str) -> Result<()> {
     let mut problems: Vec<String> = Vec::new();
     let state = LabState::load(lab, &paths.state_file(lab)).ok();
-    let cgroup_mount = state
-        .as_ref()
-        .map(|s| s.cgroup_mount.clone())
-        .unwrap_or_else(|| paths.cgroup_mount.clone());
-    let paths = Paths {
-        cgroup_mount,
-        ..paths.clone()
-    };
+    let cgroup_mount = state.as_ref().map(|s| s.cgroup_mount.clone()).unwrap_or_else(|| paths.cgroup_mount.clone());
+    let paths = Paths { cgroup_mount, ..paths.clone() };
 
     // 1. Processes: the whole lab's cgroup tree at once.
     if !paths.cgroup_mount.as_os_str().is_empty() {
@@ -645,11 +552,9 @@ fn teardown(paths: &Paths, lab: &str) -> Result<()> {
     // 2. Network namespaces (this drops the switch, its bridges and every veth).
     for ns in sys::list_netns(&paths.netns_dir) {
         if names::parse_netns_name(&ns).is_some_and(|(l, _)| l == lab) {
-            if let Some(err) = sys::run_tolerant(
-                lab,
-                "deleting a network namespace",
-                &Cmd::new(["ip", "netns", "del", &ns]),
-            ) {
+            if let Some(err) =
+                sys::run_tolerant(lab, "deleting a network namespace", &Cmd::new(["ip", "netns", "del", &ns]))
+            {
                 if paths.netns_dir.join(&ns).exists() {
                     problems.push(err);
                 }
@@ -661,11 +566,8 @@ fn teardown(paths: &Paths, lab: &str) -> Result<()> {
     let run_dir = paths.lab_run_dir(lab);
     match sys::mounts() {
         Ok(mounts) => {
-            let mut ours: Vec<PathBuf> = mounts
-                .into_iter()
-                .map(|m| m.mount_point)
-                .filter(|m| m.starts_with(&run_dir))
-                .collect();
+            let mut ours: Vec<PathBuf> =
+                mounts.into_iter().map(|m| m.mount_point).filter(|m| m.starts_with(&run_dir)).collect();
             ours.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
             for m in ours {
                 match nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
@@ -681,10 +583,7 @@ fn teardown(paths: &Paths, lab: &str) -> Result<()> {
     // 4. cgroups.
     if !paths.cgroup_mount.as_os_str().is_empty() {
         if let Err(e) = sys::remove_cgroup_tree(&paths.cgroup_lab(lab)) {
-            problems.push(format!(
-                "removing cgroup {}: {e}",
-                paths.cgroup_lab(lab).display()
-            ));
+            problems.push(format!("removing cgroup {}: {e}", paths.cgroup_lab(lab).display()));
         }
         let _ = fs::remove_dir(paths.cgroup_root()); // only when no other lab uses it
     }
@@ -696,11 +595,7 @@ fn teardown(paths: &Paths, lab: &str) -> Result<()> {
     if problems.is_empty() && lab_names(&paths).is_empty() {
         let reg = paths.created_registry();
         if let Ok(text) = fs::read_to_string(&reg) {
-            let mut dirs: Vec<PathBuf> = text
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(PathBuf::from)
-                .collect();
+            let mut dirs: Vec<PathBuf> = text.lines().filter(|l| !l.is_empty()).map(PathBuf::from).collect();
             dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
             for d in dirs {
                 let _ = fs::remove_dir(&d); // only if empty: never remove what someone put there
@@ -714,10 +609,7 @@ fn teardown(paths: &Paths, lab: &str) -> Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(LabError::Teardown {
-            lab: lab.to_string(),
-            problems,
-        })
+        Err(LabError::Teardown { lab: lab.to_string(), problems })
     }
 }
 

@@ -28,12 +28,7 @@ pub const PREFIX_LEN: u8 = 24;
 
 /// Checks a lab name: `[a-z0-9][a-z0-9-]{0,11}`.
 pub fn validate_lab_name(name: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(LabError::InvalidName {
-            name: name.to_string(),
-            reason: reason.to_string(),
-        })
-    };
+    let bad = |reason: &str| Err(LabError::InvalidName { name: name.to_string(), reason: reason.to_string() });
     if name.is_empty() {
         return bad("empty");
     }
@@ -43,14 +38,10 @@ pub fn validate_lab_name(name: &str) -> Result<()> {
     let mut chars = name.chars();
     let first = chars.next().unwrap_or('-');
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-        return bad(
-            "must start with a lowercase letter or a digit (pattern [a-z0-9][a-z0-9-]{0,11})",
-        );
+        return bad("must start with a lowercase letter or a digit (pattern [a-z0-9][a-z0-9-]{0,11})");
     }
     if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-        return bad(
-            "only lowercase letters, digits and '-' are allowed (pattern [a-z0-9][a-z0-9-]{0,11})",
-        );
+        return bad("only lowercase letters, digits and '-' are allowed (pattern [a-z0-9][a-z0-9-]{0,11})");
     }
     Ok(())
 }
@@ -92,10 +83,7 @@ impl Host {
             "witness" => Some(Host::Witness),
             _ => {
                 let digits = s.strip_prefix('n')?;
-                if digits.is_empty()
-                    || digits.starts_with('0')
-                    || !digits.bytes().all(|b| b.is_ascii_digit())
-                {
+                if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
                     return None;
                 }
                 let i: u8 = digits.parse().ok()?;
@@ -245,10 +233,7 @@ mod tests {
         assert_eq!(Host::Node(2).addr(2, 2), None);
         assert_eq!(Host::Client.addr(0, 4), Some(client_addr()));
         assert_eq!(Host::Client.addr(1, 4), None);
-        assert_eq!(
-            Host::Witness.addr(0, 1),
-            Some(Ipv4Addr::new(198, 18, 0, 201))
-        );
+        assert_eq!(Host::Witness.addr(0, 1), Some(Ipv4Addr::new(198, 18, 0, 201)));
         assert_eq!(Host::Witness.networks(3), 0..1);
         assert_eq!(Host::Node(3).networks(3), 0..3);
         assert_eq!(host_mac(Host::Node(16), 3), "02:74:6c:03:00:10");
@@ -259,18 +244,9 @@ mod tests {
     fn netns_names_roundtrip() {
         assert_eq!(netns_name("lab", Host::Node(3)), "tl-lab-n3");
         assert_eq!(switch_netns("lab"), "tl-lab-sw");
-        assert_eq!(
-            parse_netns_name("tl-lab-n3"),
-            Some(("lab".into(), "n3".into()))
-        );
-        assert_eq!(
-            parse_netns_name("tl-a-b-sw"),
-            Some(("a-b".into(), "sw".into()))
-        );
-        assert_eq!(
-            parse_netns_name("tl-a-b-client"),
-            Some(("a-b".into(), "client".into()))
-        );
+        assert_eq!(parse_netns_name("tl-lab-n3"), Some(("lab".into(), "n3".into())));
+        assert_eq!(parse_netns_name("tl-a-b-sw"), Some(("a-b".into(), "sw".into())));
+        assert_eq!(parse_netns_name("tl-a-b-client"), Some(("a-b".into(), "client".into())));
         assert_eq!(parse_netns_name("tl-a-b"), None);
         assert_eq!(parse_netns_name("other"), None);
         assert_eq!(parse_netns_name("tl--n1"), None);

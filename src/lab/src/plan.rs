@@ -20,10 +20,8 @@ pub const CGROUP_DIR: &str = "tandem-lab";
 
 /// Directories every host always has a private, initially empty, copy of, with the name of their
 /// per-host backing directory.
-pub const FIXED_PRIVATE_DIRS: [(&str, &str); 2] = [
-    ("/etc/tandem", "etc-tandem"),
-    ("/var/lib/tandem", "var-lib-tandem"),
-];
+pub const FIXED_PRIVATE_DIRS: [(&str, &str); 2] =
+    [("/etc/tandem", "etc-tandem"), ("/var/lib/tandem", "var-lib-tandem")];
 
 /// What a lab is made of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,12 +42,7 @@ pub struct LabSpec {
 impl LabSpec {
     /// A spec with one network and no extra private directory.
     pub fn new(name: impl Into<String>, nodes: u8) -> Self {
-        LabSpec {
-            name: name.into(),
-            nodes,
-            networks: 1,
-            private_dirs: Vec::new(),
-        }
+        LabSpec { name: name.into(), nodes, networks: 1, private_dirs: Vec::new() }
     }
 
     /// Sets the number of networks.
@@ -67,25 +60,12 @@ impl LabSpec {
     /// Checks the name, counts and private directories.
     pub fn validate(&self) -> Result<()> {
         names::validate_lab_name(&self.name)?;
-        let bad = |reason: String| {
-            Err(LabError::InvalidSpec {
-                lab: self.name.clone(),
-                reason,
-            })
-        };
+        let bad = |reason: String| Err(LabError::InvalidSpec { lab: self.name.clone(), reason });
         if !(1..=names::MAX_NODES).contains(&self.nodes) {
-            return bad(format!(
-                "--nodes must be between 1 and {} (got {})",
-                names::MAX_NODES,
-                self.nodes
-            ));
+            return bad(format!("--nodes must be between 1 and {} (got {})", names::MAX_NODES, self.nodes));
         }
         if !(1..=names::MAX_NETWORKS).contains(&self.networks) {
-            return bad(format!(
-                "--networks must be between 1 and {} (got {})",
-                names::MAX_NETWORKS,
-                self.networks
-            ));
+            return bad(format!("--networks must be between 1 and {} (got {})", names::MAX_NETWORKS, self.networks));
         }
         for (i, dir) in self.private_dirs.iter().enumerate() {
             if let Err(reason) = check_private_dir(dir) {
@@ -125,11 +105,7 @@ impl LabSpec {
     }
 
     fn unknown_host(&self, name: &str) -> LabError {
-        let known = if self.nodes == 1 {
-            "n1".to_string()
-        } else {
-            format!("n1..n{}", self.nodes)
-        };
+        let known = if self.nodes == 1 { "n1".to_string() } else { format!("n1..n{}", self.nodes) };
         LabError::UnknownHost {
             lab: self.name.clone(),
             host: name.to_string(),
@@ -148,11 +124,7 @@ impl LabSpec {
                 host: host.name(),
                 network: k,
                 networks: self.networks,
-                host_networks: all
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                host_networks: all.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
             }),
         }
     }
@@ -163,10 +135,7 @@ fn check_private_dir(dir: &Path) -> std::result::Result<(), String> {
     if !dir.is_absolute() {
         return Err("must be an absolute path".into());
     }
-    if dir
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
+    if dir.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
         return Err("must not contain '.' or '..'".into());
     }
     if dir.to_str().is_none() {
@@ -182,14 +151,12 @@ fn check_private_dir(dir: &Path) -> std::result::Result<(), String> {
     }
     for (fixed, _) in FIXED_PRIVATE_DIRS {
         if dir.starts_with(fixed) || Path::new(fixed).starts_with(dir) {
-            return Err(format!(
-                "overlaps {fixed}, which every host already has privately"
-            ));
+            return Err(format!("overlaps {fixed}, which every host already has privately"));
         }
     }
     if [
-        "/etc", "/var", "/var/lib", "/tmp", "/var/tmp", "/usr", "/bin", "/sbin", "/lib", "/lib64",
-        "/root", "/home", "/boot",
+        "/etc", "/var", "/var/lib", "/tmp", "/var/tmp", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/root", "/home",
+        "/boot",
     ]
     .iter()
     .any(|d| dir == Path::new(d))
@@ -212,12 +179,7 @@ pub struct Paths {
 impl Paths {
     /// The standard locations, with the given cgroup v2 mount.
     pub fn system(cgroup_mount: PathBuf) -> Self {
-        Paths {
-            state_root: STATE_ROOT.into(),
-            run_root: RUN_ROOT.into(),
-            netns_dir: NETNS_DIR.into(),
-            cgroup_mount,
-        }
+        Paths { state_root: STATE_ROOT.into(), run_root: RUN_ROOT.into(), netns_dir: NETNS_DIR.into(), cgroup_mount }
     }
     pub fn lab_state_dir(&self, lab: &str) -> PathBuf {
         self.state_root.join(lab)
@@ -306,9 +268,7 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Cmd {
-            argv: argv.into_iter().map(Into::into).collect(),
-        }
+        Cmd { argv: argv.into_iter().map(Into::into).collect() }
     }
 }
 
@@ -321,10 +281,7 @@ impl fmt::Display for Cmd {
 
 /// Quotes a word for sh when it needs it.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b))
-    {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -340,10 +297,7 @@ fn ip(netns: &str, args: &[&str]) -> Cmd {
 /// Commands creating the switch namespace and its bridges.
 pub fn switch_steps(spec: &LabSpec) -> Vec<Cmd> {
     let sw = names::switch_netns(&spec.name);
-    let mut v = vec![
-        Cmd::new(["ip", "netns", "add", sw.as_str()]),
-        ip(&sw, &["link", "set", "lo", "up"]),
-    ];
+    let mut v = vec![Cmd::new(["ip", "netns", "add", sw.as_str()]), ip(&sw, &["link", "set", "lo", "up"])];
     for k in 0..spec.networks {
         let br = names::bridge_name(k);
         v.push(ip(&sw, &["link", "add", &br, "type", "bridge"]));
@@ -358,32 +312,14 @@ pub fn host_net_steps(spec: &LabSpec, host: Host, link_up: impl Fn(u8) -> bool) 
     let lab = &spec.name;
     let sw = names::switch_netns(lab);
     let ns = names::netns_name(lab, host);
-    let mut v = vec![
-        Cmd::new(["ip", "netns", "add", ns.as_str()]),
-        ip(&ns, &["link", "set", "lo", "up"]),
-    ];
+    let mut v = vec![Cmd::new(["ip", "netns", "add", ns.as_str()]), ip(&ns, &["link", "set", "lo", "up"])];
     for k in host.networks(spec.networks) {
         let port = names::switch_port(host, k);
         let eth = names::host_iface(k);
-        let addr = format!(
-            "{}/{}",
-            host.addr(k, spec.networks).expect("host on network"),
-            names::PREFIX_LEN
-        );
-        v.push(ip(
-            &sw,
-            &[
-                "link", "add", &port, "type", "veth", "peer", "name", &eth, "netns", &ns,
-            ],
-        ));
-        v.push(ip(
-            &sw,
-            &["link", "set", &port, "master", &names::bridge_name(k)],
-        ));
-        v.push(ip(
-            &ns,
-            &["link", "set", &eth, "address", &names::host_mac(host, k)],
-        ));
+        let addr = format!("{}/{}", host.addr(k, spec.networks).expect("host on network"), names::PREFIX_LEN);
+        v.push(ip(&sw, &["link", "add", &port, "type", "veth", "peer", "name", &eth, "netns", &ns]));
+        v.push(ip(&sw, &["link", "set", &port, "master", &names::bridge_name(k)]));
+        v.push(ip(&ns, &["link", "set", &eth, "address", &names::host_mac(host, k)]));
         v.push(ip(&ns, &["addr", "add", &addr, "dev", &eth]));
         v.push(ip(&ns, &["link", "set", &eth, "up"]));
         if link_up(k) {
@@ -395,15 +331,7 @@ pub fn host_net_steps(spec: &LabSpec, host: Host, link_up: impl Fn(u8) -> bool) 
 
 /// Command setting the switch-side ends of a host's links up or down.
 pub fn link_cmd(lab: &str, host: Host, network: u8, up: bool) -> Cmd {
-    ip(
-        &names::switch_netns(lab),
-        &[
-            "link",
-            "set",
-            &names::switch_port(host, network),
-            if up { "up" } else { "down" },
-        ],
-    )
+    ip(&names::switch_netns(lab), &["link", "set", &names::switch_port(host, network), if up { "up" } else { "down" }])
 }
 
 /// Script lines mounting a fresh /sys (of the current network namespace), cgroup2 and bpffs.
@@ -416,9 +344,7 @@ fn sys_lines(out: &mut Vec<String>) {
 
 /// Script lines giving a fresh /run (with /run/tandem).
 fn run_lines(lab: &str, out: &mut Vec<String>) {
-    out.push(format!(
-        "mount -t tmpfs -o mode=0755,nosuid,nodev tl-{lab}-run /run"
-    ));
+    out.push(format!("mount -t tmpfs -o mode=0755,nosuid,nodev tl-{lab}-run /run"));
     out.push("mkdir -p /run/tandem /run/lock".into());
     out.push("chmod 1777 /run/lock".into());
 }
@@ -516,11 +442,7 @@ mod tests {
     #[test]
     fn spec_validation() {
         LabSpec::new("t1", 3).networks(2).validate().unwrap();
-        LabSpec::new("t1", 16)
-            .networks(4)
-            .private_dir("/srv/data")
-            .validate()
-            .unwrap();
+        LabSpec::new("t1", 16).networks(4).private_dir("/srv/data").validate().unwrap();
         assert!(LabSpec::new("t1", 0).validate().is_err());
         assert!(LabSpec::new("t1", 17).validate().is_err());
         assert!(LabSpec::new("t1", 2).networks(0).validate().is_err());
@@ -538,52 +460,21 @@ mod tests {
             "/var/lib",
             "/etc",
         ] {
-            assert!(
-                LabSpec::new("t1", 2).private_dir(bad).validate().is_err(),
-                "{bad} accepted"
-            );
+            assert!(LabSpec::new("t1", 2).private_dir(bad).validate().is_err(), "{bad} accepted");
         }
-        assert!(LabSpec::new("t1", 2)
-            .private_dir("/srv/a")
-            .private_dir("/srv/a")
-            .validate()
-            .is_err());
-        assert!(LabSpec::new("t1", 2)
-            .private_dir("/srv")
-            .private_dir("/srv/a")
-            .validate()
-            .is_err());
-        LabSpec::new("t1", 2)
-            .private_dir("/srv/a")
-            .private_dir("/srv/ab")
-            .validate()
-            .unwrap();
-        LabSpec::new("t1", 2)
-            .private_dir("/tmp/.tmpXYZ/data")
-            .validate()
-            .unwrap();
+        assert!(LabSpec::new("t1", 2).private_dir("/srv/a").private_dir("/srv/a").validate().is_err());
+        assert!(LabSpec::new("t1", 2).private_dir("/srv").private_dir("/srv/a").validate().is_err());
+        LabSpec::new("t1", 2).private_dir("/srv/a").private_dir("/srv/ab").validate().unwrap();
+        LabSpec::new("t1", 2).private_dir("/tmp/.tmpXYZ/data").validate().unwrap();
     }
 
     #[test]
     fn hosts_of_a_spec() {
         let s = LabSpec::new("t1", 3).networks(2);
-        assert_eq!(
-            s.hosts(),
-            vec![
-                Host::Node(1),
-                Host::Node(2),
-                Host::Node(3),
-                Host::Client,
-                Host::Witness
-            ]
-        );
+        assert_eq!(s.hosts(), vec![Host::Node(1), Host::Node(2), Host::Node(3), Host::Client, Host::Witness]);
         assert_eq!(s.host("n3").unwrap(), Host::Node(3));
         assert!(matches!(s.host("n4"), Err(LabError::UnknownHost { .. })));
-        assert!(s
-            .host("bogus")
-            .unwrap_err()
-            .to_string()
-            .contains("n1..n3, client, witness"));
+        assert!(s.host("bogus").unwrap_err().to_string().contains("n1..n3, client, witness"));
         assert_eq!(s.host_networks(Host::Node(1), None).unwrap(), vec![0, 1]);
         assert_eq!(s.host_networks(Host::Node(1), Some(1)).unwrap(), vec![1]);
         assert!(s.host_networks(Host::Client, Some(1)).is_err());
@@ -593,22 +484,10 @@ mod tests {
     #[test]
     fn paths_of_a_lab() {
         let p = paths();
-        assert_eq!(
-            p.state_file("x"),
-            PathBuf::from("/var/lib/tandem-lab/x/lab.toml")
-        );
-        assert_eq!(
-            p.mnt_file("x", Host::Node(2)),
-            PathBuf::from("/run/tandem-lab/x/n2.mnt")
-        );
-        assert_eq!(
-            p.netns_file("x", Host::Client),
-            PathBuf::from("/run/netns/tl-x-client")
-        );
-        assert_eq!(
-            p.cgroup_host("x", Host::Witness),
-            PathBuf::from("/sys/fs/cgroup/unified/tandem-lab/x/witness")
-        );
+        assert_eq!(p.state_file("x"), PathBuf::from("/var/lib/tandem-lab/x/lab.toml"));
+        assert_eq!(p.mnt_file("x", Host::Node(2)), PathBuf::from("/run/tandem-lab/x/n2.mnt"));
+        assert_eq!(p.netns_file("x", Host::Client), PathBuf::from("/run/netns/tl-x-client"));
+        assert_eq!(p.cgroup_host("x", Host::Witness), PathBuf::from("/sys/fs/cgroup/unified/tandem-lab/x/witness"));
         assert_eq!(
             p.private_dir_source("x", Host::Node(1), Path::new("/etc/tandem")),
             PathBuf::from("/var/lib/tandem-lab/x/n1/etc-tandem")
@@ -634,10 +513,7 @@ mod tests {
                 "ip -n tl-lab-sw link set br1 up",
             ]
         );
-        let n2: Vec<String> = host_net_steps(&s, Host::Node(2), |k| k != 1)
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        let n2: Vec<String> = host_net_steps(&s, Host::Node(2), |k| k != 1).iter().map(|c| c.to_string()).collect();
         assert_eq!(
             n2,
             [
@@ -658,13 +534,8 @@ mod tests {
         );
         let c = host_net_steps(&s, Host::Client, |_| true);
         assert_eq!(c.len(), 2 + 6, "client is on network 0 only");
-        assert!(c
-            .iter()
-            .any(|c| c.to_string() == "ip -n tl-lab-client addr add 198.18.0.200/24 dev eth0"));
-        assert_eq!(
-            link_cmd("lab", Host::Witness, 0, false).to_string(),
-            "ip -n tl-lab-sw link set we0 down"
-        );
+        assert!(c.iter().any(|c| c.to_string() == "ip -n tl-lab-client addr add 198.18.0.200/24 dev eth0"));
+        assert_eq!(link_cmd("lab", Host::Witness, 0, false).to_string(), "ip -n tl-lab-sw link set we0 down");
     }
 
     #[test]
@@ -672,41 +543,23 @@ mod tests {
         let s = LabSpec::new("lab", 2).private_dir("/srv/my app");
         let p = paths();
         let cmd = mountns_cmd(&s, &p, Host::Node(1));
-        assert_eq!(
-            &cmd.argv[..3],
-            ["nsenter", "--net=/run/netns/tl-lab-n1", "--"]
-        );
+        assert_eq!(&cmd.argv[..3], ["nsenter", "--net=/run/netns/tl-lab-n1", "--"]);
         assert_eq!(cmd.argv[4], "--mount=/run/tandem-lab/lab/n1.mnt");
         assert_eq!(cmd.argv[5], "--uts=/run/tandem-lab/lab/n1.uts");
         let script = cmd.argv.last().unwrap();
         assert!(script.starts_with("set -e\necho n1 > /proc/sys/kernel/hostname\n"));
-        assert!(script.contains(
-            "mount -t tmpfs -o mode=0755,nosuid,nodev tl-lab-run /run\nmkdir -p /run/tandem"
-        ));
+        assert!(script.contains("mount -t tmpfs -o mode=0755,nosuid,nodev tl-lab-run /run\nmkdir -p /run/tandem"));
         assert!(script.contains("mount -t sysfs"));
         assert!(script.contains("mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup"));
         assert!(script.contains("mount --bind /var/lib/tandem-lab/lab/n1/etc-tandem /etc/tandem\n"));
-        assert!(script
-            .contains("mount --bind /var/lib/tandem-lab/lab/n1/var-lib-tandem /var/lib/tandem\n"));
-        assert!(script
-            .contains("mount --bind '/var/lib/tandem-lab/lab/n1/dirs/srv/my app' '/srv/my app'\n"));
+        assert!(script.contains("mount --bind /var/lib/tandem-lab/lab/n1/var-lib-tandem /var/lib/tandem\n"));
+        assert!(script.contains("mount --bind '/var/lib/tandem-lab/lab/n1/dirs/srv/my app' '/srv/my app'\n"));
         assert!(script.ends_with("then mount --bind /var/lib/tandem-lab/lab/hosts /etc/hosts; fi"));
         // /run is replaced before /sys is touched, and binds come last.
         assert!(script.find("/run\n").unwrap() < script.find("sysfs").unwrap());
         let r = restart_cmd(&s, &p, Host::Node(1));
-        assert_eq!(
-            &r.argv[..3],
-            [
-                "nsenter",
-                "--net=/run/netns/tl-lab-n1",
-                "--mount=/run/tandem-lab/lab/n1.mnt"
-            ]
-        );
-        assert!(r
-            .argv
-            .last()
-            .unwrap()
-            .contains("umount -l /run\nmount -t tmpfs"));
+        assert_eq!(&r.argv[..3], ["nsenter", "--net=/run/netns/tl-lab-n1", "--mount=/run/tandem-lab/lab/n1.mnt"]);
+        assert!(r.argv.last().unwrap().contains("umount -l /run\nmount -t tmpfs"));
     }
 
     #[test]

@@ -40,18 +40,13 @@ impl LabState {
         self.killed.iter().any(|h| h == host)
     }
     pub fn is_cut(&self, host: &str, network: u8) -> bool {
-        self.cut
-            .iter()
-            .any(|c| c.host == host && c.network == network)
+        self.cut.iter().any(|c| c.host == host && c.network == network)
     }
 
     pub fn load(lab: &str, path: &Path) -> Result<LabState> {
         let text = fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                LabError::NotFound {
-                    lab: lab.to_string(),
-                    path: path.to_path_buf(),
-                }
+                LabError::NotFound { lab: lab.to_string(), path: path.to_path_buf() }
             } else {
                 LabError::io(lab, format!("reading {}", path.display()), e)
             }
@@ -72,15 +67,9 @@ impl LabState {
             reason: e.to_string(),
         })?;
         let tmp = path.with_extension("toml.tmp");
-        fs::write(&tmp, text)
-            .map_err(|e| LabError::io(lab, format!("writing {}", tmp.display()), e))?;
-        fs::rename(&tmp, path).map_err(|e| {
-            LabError::io(
-                lab,
-                format!("renaming {} to {}", tmp.display(), path.display()),
-                e,
-            )
-        })
+        fs::write(&tmp, text).map_err(|e| LabError::io(lab, format!("writing {}", tmp.display()), e))?;
+        fs::rename(&tmp, path)
+            .map_err(|e| LabError::io(lab, format!("renaming {} to {}", tmp.display(), path.display()), e))
     }
 }
 
@@ -96,14 +85,10 @@ mod tests {
             cgroup_mount: "/sys/fs/cgroup".into(),
             created_mountpoints: vec!["/etc/tandem".into()],
             killed: vec!["n1".into()],
-            cut: vec![CutLink {
-                host: "n2".into(),
-                network: 1,
-            }],
+            cut: vec![CutLink { host: "n2".into(), network: 1 }],
             spec: LabSpec::new("x", 3).networks(2).private_dir("/srv/data"),
         };
-        let dir =
-            std::env::temp_dir().join(format!("tandem-lab-state-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tandem-lab-state-test-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let p = dir.join("lab.toml");
         st.save(&p).unwrap();
@@ -112,9 +97,6 @@ mod tests {
         assert!(back.is_killed("n1") && !back.is_killed("n2"));
         assert!(back.is_cut("n2", 1) && !back.is_cut("n2", 0));
         fs::remove_dir_all(&dir).unwrap();
-        assert!(matches!(
-            LabState::load("x", &p),
-            Err(LabError::NotFound { .. })
-        ));
+        assert!(matches!(LabState::load("x", &p), Err(LabError::NotFound { .. })));
     }
 }

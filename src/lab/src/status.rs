@@ -106,9 +106,7 @@ pub(crate) fn json_str(s: &str) -> String {
 }
 
 fn json_opt<T: fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref()
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| "null".into())
+    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "null".into())
 }
 
 impl LabStatus {
@@ -140,11 +138,7 @@ impl LabStatus {
                 )
             })
             .collect();
-        let dirs: Vec<String> = self
-            .private_dirs
-            .iter()
-            .map(|d| json_str(&d.to_string_lossy()))
-            .collect();
+        let dirs: Vec<String> = self.private_dirs.iter().map(|d| json_str(&d.to_string_lossy())).collect();
         format!(
             "{{\"name\":{},\"nodes\":{},\"networks\":{},\"created_unix\":{},\"private_dirs\":[{}],\"hosts\":[{}]}}",
             json_str(&self.name),
@@ -160,11 +154,7 @@ impl LabStatus {
 impl fmt::Display for LabStatus {
     /// A table: one line per host, one column per network.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "lab {}: {} node(s), {} network(s)",
-            self.name, self.nodes, self.networks
-        )?;
+        writeln!(f, "lab {}: {} node(s), {} network(s)", self.name, self.nodes, self.networks)?;
         for d in &self.private_dirs {
             writeln!(f, "private directory: {}", d.display())?;
         }
@@ -174,13 +164,7 @@ impl fmt::Display for LabStatus {
         }
         writeln!(f)?;
         for h in &self.hosts {
-            write!(
-                f,
-                "{:<8} {:<8} {:>5}",
-                h.host,
-                h.power.as_str(),
-                h.processes
-            )?;
+            write!(f, "{:<8} {:<8} {:>5}", h.host, h.power.as_str(), h.processes)?;
             for k in 0..self.networks {
                 let cell = match h.links.iter().find(|l| l.network == k) {
                     Some(l) => format!("{} {}", l.addr, l.state.as_str()),
@@ -260,7 +244,10 @@ mod tests {
             created_unix: None,
             killed: vec![],
         };
-        assert_eq!(s.to_json(), "{\"name\":\"y\",\"complete\":false,\"nodes\":null,\"networks\":null,\"created_unix\":null,\"killed\":[]}");
+        assert_eq!(
+            s.to_json(),
+            "{\"name\":\"y\",\"complete\":false,\"nodes\":null,\"networks\":null,\"created_unix\":null,\"killed\":[]}"
+        );
     }
 
     #[test]

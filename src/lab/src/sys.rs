@@ -12,17 +12,15 @@ use std::time::{Duration, Instant};
 /// Runs a command of the plan; on failure the error carries the command and its stderr.
 pub(crate) fn run(lab: &str, what: &str, cmd: &Cmd) -> Result<String> {
     tracing::debug!(lab, "run: {cmd}");
-    let out = Command::new(&cmd.argv[0])
-        .args(&cmd.argv[1..])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| LabError::Command {
+    let out = Command::new(&cmd.argv[0]).args(&cmd.argv[1..]).stdin(Stdio::null()).output().map_err(|e| {
+        LabError::Command {
             lab: lab.to_string(),
             what: what.to_string(),
             command: cmd.to_string(),
             status: format!("could not be started ({e}; is {} installed?)", cmd.argv[0]),
             stderr: String::new(),
-        })?;
+        }
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -59,13 +57,8 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -82,37 +75,26 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let (pre, post) = line.split_once(" - ")?;
             let mount_point = pre.split(' ').nth(4)?;
             let fstype = post.split(' ').next()?;
-            Some(MountEntry {
-                mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
-                fstype: fstype.to_string(),
-            })
+            Some(MountEntry { mount_point: PathBuf::from(unescape_mountinfo(mount_point)), fstype: fstype.to_string() })
         })
         .collect()
 }
 
 pub(crate) fn mounts() -> io::Result<Vec<MountEntry>> {
-    Ok(parse_mountinfo(&fs::read_to_string(
-        "/proc/self/mountinfo",
-    )?))
+    Ok(parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo")?))
 }
 
 /// Mount point of the cgroup v2 hierarchy (e.g. /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
 /// hybrid system).
 pub fn cgroup2_mount() -> Result<PathBuf> {
     let m = mounts().map_err(|e| LabError::io("-", "reading /proc/self/mountinfo", e))?;
-    m.into_iter()
-        .find(|e| e.fstype == "cgroup2")
-        .map(|e| e.mount_point)
-        .ok_or(LabError::NoCgroup2)
+    m.into_iter().find(|e| e.fstype == "cgroup2").map(|e| e.mount_point).ok_or(LabError::NoCgroup2)
 }
 
 /// Names of the network namespaces in the `ip netns` directory.
 pub(crate) fn list_netns(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect(),
+        Ok(rd) => rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect(),
         Err(_) => Vec::new(),
     };
     v.sort();
@@ -162,10 +144,7 @@ pub(crate) fn cgroup_kill(lab: &str, host: &str, cg: &Path, timeout: Duration) -
         if !have_kill {
             // Kernels before 5.14: kill what is there until nothing is left.
             for pid in cgroup_pids(cg) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
         if start.elapsed() > timeout {
@@ -207,11 +186,7 @@ pub(crate) fn remove_cgroup_tree(cg: &Path) -> io::Result<()> {
 
 /// Administrative state (flag UP) of every interface of a network namespace, from `ip -o link show`.
 pub(crate) fn link_flags(lab: &str, netns: &str) -> Result<BTreeMap<String, bool>> {
-    let out = run(
-        lab,
-        "reading the switch's links",
-        &Cmd::new(["ip", "-n", netns, "-o", "link", "show"]),
-    )?;
+    let out = run(lab, "reading the switch's links", &Cmd::new(["ip", "-n", netns, "-o", "link", "show"]))?;
     Ok(parse_link_flags(&out))
 }
 
@@ -225,11 +200,7 @@ pub(crate) fn parse_link_flags(out: &str) -> BTreeMap<String, bool> {
             continue;
         };
         let name = name.split('@').next().unwrap_or(name).to_string();
-        let flags = rest
-            .strip_prefix('<')
-            .and_then(|r| r.split_once('>'))
-            .map(|(f, _)| f)
-            .unwrap_or("");
+        let flags = rest.strip_prefix('<').and_then(|r| r.split_once('>')).map(|(f, _)| f).unwrap_or("");
         m.insert(name, flags.split(',').any(|f| f == "UP"));
     }
     m
@@ -240,8 +211,7 @@ pub(crate) struct MachineLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
 pub(crate) fn lock_machine(path: &Path) -> Result<MachineLock> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)
-            .map_err(|e| LabError::io("-", format!("creating {}", dir.display()), e))?;
+        fs::create_dir_all(dir).map_err(|e| LabError::io("-", format!("creating {}", dir.display()), e))?;
     }
     let f = fs::OpenOptions::new()
         .create(true)

@@ -59,17 +59,27 @@ pub enum Action {
     /// Remove the module's virtual IPs from this node.
     ReleaseVip,
     /// Run a hook; `current` and `next` are the states around the transition, `cause` its reason.
-    RunHook { hook: Hook, current: State, next: State, cause: Cause },
+    RunHook {
+        hook: Hook,
+        current: State,
+        next: State,
+        cause: Cause,
+    },
     StartReplication(ReplicationRole),
     StopReplication,
     /// Primary side: bring the joining secondary up to date while new writes are replicated.
-    StartResync { mode: ResyncMode },
+    StartResync {
+        mode: ResyncMode,
+    },
     /// Farm: the nodes that are UP and their power, for the bucket assignment of the filter.
     SetMembers(Vec<(NodeName, u32)>),
     /// Write this state durably before executing the actions that follow.
     Persist(Box<Persisted>),
     /// An event for the admin's module log.
-    Log { level: Level, message: String },
+    Log {
+        level: Level,
+        message: String,
+    },
 }
 
 impl fmt::Display for Action {

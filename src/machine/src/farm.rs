@@ -33,9 +33,17 @@ pub struct FarmView {
 pub enum FarmEvent {
     Admin(Admin),
     PeerSeen(FarmView),
-    PeerLost { node: NodeName },
-    Resource { name: String, up: bool },
-    HookFailed { hook: Hook, reason: String },
+    PeerLost {
+        node: NodeName,
+    },
+    Resource {
+        name: String,
+        up: bool,
+    },
+    HookFailed {
+        hook: Hook,
+        reason: String,
+    },
     Tick,
     /// The daemon is shutting down: stop, but start again with the daemon.
     Shutdown,
@@ -139,7 +147,10 @@ impl FarmMachine {
             }
             Admin::Restart => {
                 if self.state != State::Up {
-                    return Err(Refused::new(name, format!("the module is {}: no application runs here to restart", self.state)));
+                    return Err(Refused::new(
+                        name,
+                        format!("the module is {}: no application runs here to restart", self.state),
+                    ));
                 }
                 out.push(self.hook(Hook::StopBoth, State::Up, Cause::Restart));
                 out.push(self.hook(Hook::StartBoth, State::Up, Cause::Restart));
@@ -153,7 +164,10 @@ impl FarmMachine {
                 self.set_state(State::Wait, Cause::StopStart, out);
             }
             Admin::Swap | Admin::Prim | Admin::Second { .. } | Admin::PrimForce | Admin::Failover(_) => {
-                return Err(Refused::new(name, "this is a farm module: every UP node serves; the command is for mirror modules"));
+                return Err(Refused::new(
+                    name,
+                    "this is a farm module: every UP node serves; the command is for mirror modules",
+                ));
             }
         }
         let _ = now;

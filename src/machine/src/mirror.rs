@@ -147,16 +147,28 @@ pub enum MirrorEvent {
     /// The peer was silent on every network for the module's timeout.
     PeerLost,
     /// A checker's resource went up or down (edges only).
-    Resource { name: String, up: bool },
+    Resource {
+        name: String,
+        up: bool,
+    },
     /// The splitbrain checker's verdict: a witness is reachable or not.
-    Witness { reachable: bool },
+    Witness {
+        reachable: bool,
+    },
     /// The catch-up into this secondary completed: the copies are identical.
     ResyncDone,
-    ResyncFailed { reason: String },
+    ResyncFailed {
+        reason: String,
+    },
     /// The replication stream failed (peer unreachable within the timeout, its disk full, ...).
-    ReplicationBroken { reason: String },
+    ReplicationBroken {
+        reason: String,
+    },
     /// A hook failed or timed out.
-    HookFailed { hook: Hook, reason: String },
+    HookFailed {
+        hook: Hook,
+        reason: String,
+    },
     /// Time passed (timers: start grace, rejoin backoff, loop window).
     Tick,
     /// The daemon is shutting down (SIGTERM): stop like `stop`, but remember that the module was
@@ -325,13 +337,19 @@ impl MirrorMachine {
                 }
                 (State::Second, Some(v)) if v.state == State::Prim && self.readiness == Readiness::Ready => {
                     self.want_prim = true;
-                    out.push(log(Level::Info, format!("swap requested: {peer_name} hands the primary role to this node")));
+                    out.push(log(
+                        Level::Info,
+                        format!("swap requested: {peer_name} hands the primary role to this node"),
+                    ));
                 }
                 (s, v) => {
                     let ps = v.map_or("not visible".to_string(), |v| format!("{} ({})", v.state, v.readiness));
                     return Err(Refused::new(
                         name,
-                        format!("swap needs PRIM and SECOND (Ready); this node is {} ({}), {peer_name} is {ps}", s, self.readiness),
+                        format!(
+                            "swap needs PRIM and SECOND (Ready); this node is {} ({}), {peer_name} is {ps}",
+                            s, self.readiness
+                        ),
                     ));
                 }
             },
@@ -367,7 +385,10 @@ impl MirrorMachine {
                         self.set_state(State::Wait, Readiness::NotReady, Cause::Second, out);
                     }
                 }
-                out.push(log(Level::Info, format!("this node will be secondary{}", if fullsync { " (full copy)" } else { "" })));
+                out.push(log(
+                    Level::Info,
+                    format!("this node will be secondary{}", if fullsync { " (full copy)" } else { "" }),
+                ));
             }
             Admin::PrimForce => {
                 if self.state.is_serving() {
@@ -466,7 +487,10 @@ impl MirrorMachine {
                 self.p.freshness = Freshness::Shared;
                 self.set_state(State::Wait, Readiness::NotReady, Cause::SplitBrain, out);
             } else if self.state == State::Prim {
-                out.push(log(Level::Warn, format!("lost {peer}: continuing ALONE; changes are tracked for its catch-up")));
+                out.push(log(
+                    Level::Warn,
+                    format!("lost {peer}: continuing ALONE; changes are tracked for its catch-up"),
+                ));
                 self.go_alone_from_prim(out);
             }
         }
@@ -492,14 +516,12 @@ impl MirrorMachine {
     fn broken(&mut self, now: Millis, what: &str, reason: &str, out: &mut Vec<Action>) {
         let peer = self.policy.peer.clone();
         match self.state {
-            State::Alone | State::Prim => {
-                if self.sender {
-                    out.push(log(Level::Warn, format!("{what} to {peer}: {reason}; the application keeps running ALONE")));
-                    if self.state == State::Prim {
-                        self.go_alone_from_prim(out);
-                    } else {
-                        self.stop_sender(out);
-                    }
+            State::Alone | State::Prim if self.sender => {
+                out.push(log(Level::Warn, format!("{what} to {peer}: {reason}; the application keeps running ALONE")));
+                if self.state == State::Prim {
+                    self.go_alone_from_prim(out);
+                } else {
+                    self.stop_sender(out);
                 }
             }
             State::Second => {
@@ -789,7 +811,10 @@ impl MirrorMachine {
             if v.want_prim || to_preferred {
                 let cause = if v.want_prim { Cause::Swap } else { Cause::Election };
                 if to_preferred && !v.want_prim {
-                    out.push(log(Level::Info, format!("{peer} is the preferred primary and has caught up: automatic swap")));
+                    out.push(log(
+                        Level::Info,
+                        format!("{peer} is the preferred primary and has caught up: automatic swap"),
+                    ));
                 }
                 self.handover(cause, out);
             }

@@ -102,7 +102,9 @@ pub enum Admin {
     /// Become primary, if this node's data is known to be up to date.
     Prim,
     /// Become secondary; `fullsync` asks for a full copy instead of a catch-up.
-    Second { fullsync: bool },
+    Second {
+        fullsync: bool,
+    },
     /// Become primary even on stale or inconsistent data: the admin takes responsibility.
     PrimForce,
     /// Allow or forbid automatic failover.

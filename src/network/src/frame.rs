@@ -158,11 +158,7 @@ mod tests {
         assert_eq!(f[38..54], ALL_NODES.octets());
         assert_eq!(f[54], 136);
         assert_eq!(f[55], 0);
-        assert_eq!(
-            f[58..62],
-            [0x20, 0, 0, 0],
-            "override only, not solicited, not router"
-        );
+        assert_eq!(f[58..62], [0x20, 0, 0, 0], "override only, not solicited, not router");
         assert_eq!(f[62..78], ip.octets());
         assert_eq!(f[78..80], [2, 1]);
         assert_eq!(f[80..86], MAC);
@@ -183,13 +179,7 @@ mod tests {
     #[test]
     fn checksum_known_vector() {
         // RFC 1071 example: words 0001 f203 f4f5 f6f7 sum to ddf2 (one's complement sum).
-        assert_eq!(
-            fold(ones_sum(
-                0,
-                &[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]
-            )),
-            0xddf2
-        );
+        assert_eq!(fold(ones_sum(0, &[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7])), 0xddf2);
         // Odd length: the last byte is the high byte of a word.
         assert_eq!(ones_sum(0, &[0x12, 0x34, 0x56]), 0x1234 + 0x5600);
     }

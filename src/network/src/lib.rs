@@ -42,11 +42,7 @@ pub struct VipSpec {
 
 impl VipSpec {
     pub fn new(address: IpAddr, prefix_len: u8, interface: impl Into<String>) -> VipSpec {
-        VipSpec {
-            address,
-            prefix_len,
-            interface: interface.into(),
-        }
+        VipSpec { address, prefix_len, interface: interface.into() }
     }
 
     /// Checks what the kernel would reject less clearly: the prefix length for the family, an
@@ -58,9 +54,7 @@ impl VipSpec {
             return Err(format!("prefix length {} is over {max}", self.prefix_len));
         }
         let bad = match self.address {
-            IpAddr::V4(a) => {
-                a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback()
-            }
+            IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback(),
             IpAddr::V6(a) => a.is_unspecified() || a.is_multicast() || a.is_loopback(),
         };
         if bad {
@@ -71,9 +65,7 @@ impl VipSpec {
             || name.len() >= libc::IFNAMSIZ
             || name == "."
             || name == ".."
-            || name
-                .bytes()
-                .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b':')
+            || name.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b':')
         {
             return Err(format!("invalid interface name {name:?}"));
         }
@@ -84,11 +76,7 @@ impl VipSpec {
 /// `198.18.0.100/24 on eth0`.
 impl fmt::Display for VipSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{} on {}",
-            self.address, self.prefix_len, self.interface
-        )
+        write!(f, "{}/{} on {}", self.address, self.prefix_len, self.interface)
     }
 }
 
@@ -121,11 +109,7 @@ pub enum NetError {
     #[error("cannot {op} {vip}: no such interface")]
     NoSuchInterface { op: Op, vip: VipSpec },
     #[error("cannot {op} {vip}: {reason}")]
-    Invalid {
-        op: Op,
-        vip: VipSpec,
-        reason: String,
-    },
+    Invalid { op: Op, vip: VipSpec, reason: String },
     /// The kernel refused a netlink request (the OS error, e.g. "Operation not permitted").
     #[error("cannot {op} {vip}: {source}")]
     Netlink {
@@ -136,11 +120,7 @@ pub enum NetError {
     },
     /// The netlink exchange itself failed (connection gone, unexpected message).
     #[error("cannot {op} {vip}: netlink: {detail}")]
-    Protocol {
-        op: Op,
-        vip: VipSpec,
-        detail: String,
-    },
+    Protocol { op: Op, vip: VipSpec, detail: String },
     /// A system call failed (`what` says which).
     #[error("cannot {op} {vip}: {what}: {source}")]
     Os {
@@ -171,16 +151,8 @@ impl NetError {
 
 fn nl_error(op: Op, vip: &VipSpec, e: rtnetlink::Error) -> NetError {
     match e {
-        rtnetlink::Error::NetlinkError(m) => NetError::Netlink {
-            op,
-            vip: vip.clone(),
-            source: m.to_io(),
-        },
-        other => NetError::Protocol {
-            op,
-            vip: vip.clone(),
-            detail: other.to_string(),
-        },
+        rtnetlink::Error::NetlinkError(m) => NetError::Netlink { op, vip: vip.clone(), source: m.to_io() },
+        other => NetError::Protocol { op, vip: vip.clone(), detail: other.to_string() },
     }
 }
 
@@ -217,39 +189,19 @@ impl Vips {
     /// The index of the VIP's interface.
     async fn index(&self, op: Op, vip: &VipSpec) -> Result<u32, NetError> {
         if let Err(reason) = vip.validate() {
-            return Err(NetError::Invalid {
-                op,
-                vip: vip.clone(),
-                reason,
-            });
+            return Err(NetError::Invalid { op, vip: vip.clone(), reason });
         }
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(vip.interface.clone())
-            .execute();
+        let mut links = self.handle.link().get().match_name(vip.interface.clone()).execute();
         match links.try_next().await {
             Ok(Some(link)) => Ok(link.header.index),
-            Ok(None) => Err(NetError::NoSuchInterface {
-                op,
-                vip: vip.clone(),
-            }),
-            Err(e) if nl_errno(&e) == Some(libc::ENODEV) => Err(NetError::NoSuchInterface {
-                op,
-                vip: vip.clone(),
-            }),
+            Ok(None) => Err(NetError::NoSuchInterface { op, vip: vip.clone() }),
+            Err(e) if nl_errno(&e) == Some(libc::ENODEV) => Err(NetError::NoSuchInterface { op, vip: vip.clone() }),
             Err(e) => Err(nl_error(op, vip, e)),
         }
     }
 
     /// The kernel's entries for the VIP's address on its interface (any prefix length).
-    async fn entries(
-        &self,
-        op: Op,
-        vip: &VipSpec,
-        index: u32,
-    ) -> Result<Vec<AddressMessage>, NetError> {
+    async fn entries(&self, op: Op, vip: &VipSpec, index: u32) -> Result<Vec<AddressMessage>, NetError> {
         self.handle
             .address()
             .get()
@@ -266,14 +218,9 @@ impl Vips {
     /// that would otherwise see each other's leftover as a duplicate, and must serve at once.
     pub async fn add(&self, vip: &VipSpec) -> Result<(), NetError> {
         let index = self.index(Op::Add, vip).await?;
-        let mut req = self
-            .handle
-            .address()
-            .add(index, vip.address, vip.prefix_len);
+        let mut req = self.handle.address().add(index, vip.address, vip.prefix_len);
         if vip.address.is_ipv6() {
-            req.message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         match req.execute().await {
             Ok(()) => {
@@ -321,11 +268,7 @@ impl Vips {
     /// is on the interface. Non-blocking in practice (one `sendto` on a packet socket).
     pub fn announce(&self, vip: &VipSpec) -> Result<(), NetError> {
         if let Err(reason) = vip.validate() {
-            return Err(NetError::Invalid {
-                op: Op::Announce,
-                vip: vip.clone(),
-                reason,
-            });
+            return Err(NetError::Invalid { op: Op::Announce, vip: vip.clone(), reason });
         }
         raw::announce(vip)
     }
@@ -384,22 +327,10 @@ mod tests {
     fn display_and_messages() {
         let v = spec("198.18.0.100", 24, "eth0");
         assert_eq!(v.to_string(), "198.18.0.100/24 on eth0");
-        let e = NetError::NoSuchInterface {
-            op: Op::Add,
-            vip: v.clone(),
-        };
-        assert_eq!(
-            e.to_string(),
-            "cannot add 198.18.0.100/24 on eth0: no such interface"
-        );
-        let e = NetError::Netlink {
-            op: Op::Remove,
-            vip: v.clone(),
-            source: io::Error::from_raw_os_error(libc::EPERM),
-        };
-        assert!(e
-            .to_string()
-            .starts_with("cannot remove 198.18.0.100/24 on eth0: Operation not permitted"));
+        let e = NetError::NoSuchInterface { op: Op::Add, vip: v.clone() };
+        assert_eq!(e.to_string(), "cannot add 198.18.0.100/24 on eth0: no such interface");
+        let e = NetError::Netlink { op: Op::Remove, vip: v.clone(), source: io::Error::from_raw_os_error(libc::EPERM) };
+        assert!(e.to_string().starts_with("cannot remove 198.18.0.100/24 on eth0: Operation not permitted"));
         assert_eq!(e.vip(), Some(&v));
         let v6 = spec("fd00::100", 64, "eth1");
         assert_eq!(v6.to_string(), "fd00::100/64 on eth1");
@@ -410,23 +341,9 @@ mod tests {
         assert!(spec("198.18.0.100", 24, "eth0").validate().is_ok());
         assert!(spec("198.18.0.100", 32, "eth0").validate().is_ok());
         assert!(spec("fd00::100", 128, "eth0").validate().is_ok());
-        assert!(spec("198.18.0.100", 33, "eth0")
-            .validate()
-            .unwrap_err()
-            .contains("over 32"));
-        assert!(spec("fd00::1", 129, "eth0")
-            .validate()
-            .unwrap_err()
-            .contains("over 128"));
-        for a in [
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "127.0.0.2",
-            "::",
-            "ff02::1",
-            "::1",
-        ] {
+        assert!(spec("198.18.0.100", 33, "eth0").validate().unwrap_err().contains("over 32"));
+        assert!(spec("fd00::1", 129, "eth0").validate().unwrap_err().contains("over 128"));
+        for a in ["0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.2", "::", "ff02::1", "::1"] {
             assert!(spec(a, 24, "eth0").validate().is_err(), "{a}");
         }
         for i in ["", "a/b", "eth 0", "eth0:1", "0123456789abcdef", "..", "."] {
@@ -448,20 +365,8 @@ mod tests {
         let vips = Vips::connect().await.unwrap();
         let v = spec("198.18.0.100", 40, "eth0");
         let e = vips.add(&v).await.unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "cannot add 198.18.0.100/40 on eth0: prefix length 40 is over 32"
-        );
+        assert_eq!(e.to_string(), "cannot add 198.18.0.100/40 on eth0: prefix length 40 is over 32");
         let e = vips.announce(&spec("224.0.0.1", 24, "eth0")).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                NetError::Invalid {
-                    op: Op::Announce,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, NetError::Invalid { op: Op::Announce, .. }), "{e}");
     }
 }

@@ -8,12 +8,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 fn os(vip: &VipSpec, what: &'static str, source: io::Error) -> NetError {
-    NetError::Os {
-        op: Op::Announce,
-        vip: vip.clone(),
-        what,
-        source,
-    }
+    NetError::Os { op: Op::Announce, vip: vip.clone(), what, source }
 }
 
 /// Builds the frame for the VIP and sends it out of its interface.
@@ -28,10 +23,7 @@ pub(crate) fn announce(vip: &VipSpec) -> Result<(), NetError> {
     if index == 0 {
         let err = io::Error::last_os_error();
         return Err(match err.raw_os_error() {
-            Some(libc::ENODEV) | Some(libc::ENXIO) => NetError::NoSuchInterface {
-                op: Op::Announce,
-                vip: vip.clone(),
-            },
+            Some(libc::ENODEV) | Some(libc::ENXIO) => NetError::NoSuchInterface { op: Op::Announce, vip: vip.clone() },
             _ => os(vip, "looking up the interface", err),
         });
     }
@@ -39,11 +31,7 @@ pub(crate) fn announce(vip: &VipSpec) -> Result<(), NetError> {
     // SAFETY: plain system call; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(os(
-            vip,
-            "opening a packet socket",
-            io::Error::last_os_error(),
-        ));
+        return Err(os(vip, "opening a packet socket", io::Error::last_os_error()));
     }
     // SAFETY: fd is a fresh descriptor that nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -56,16 +44,8 @@ pub(crate) fn announce(vip: &VipSpec) -> Result<(), NetError> {
         },
     })?;
     let (bytes, dst, proto): (Vec<u8>, Mac, u16) = match vip.address {
-        IpAddr::V4(ip) => (
-            frame::garp_frame(mac, ip).to_vec(),
-            frame::BROADCAST,
-            frame::ETH_P_ARP,
-        ),
-        IpAddr::V6(ip) => (
-            frame::na_frame(mac, ip).to_vec(),
-            frame::ALL_NODES_MAC,
-            frame::ETH_P_IPV6,
-        ),
+        IpAddr::V4(ip) => (frame::garp_frame(mac, ip).to_vec(), frame::BROADCAST, frame::ETH_P_ARP),
+        IpAddr::V6(ip) => (frame::na_frame(mac, ip).to_vec(), frame::ALL_NODES_MAC, frame::ETH_P_IPV6),
     };
     // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -89,11 +69,7 @@ pub(crate) fn announce(vip: &VipSpec) -> Result<(), NetError> {
         return Err(os(vip, "sending", io::Error::last_os_error()));
     }
     if n as usize != bytes.len() {
-        return Err(os(
-            vip,
-            "sending",
-            io::Error::other(format!("short send: {n} of {} bytes", bytes.len())),
-        ));
+        return Err(os(vip, "sending", io::Error::other(format!("short send: {n} of {} bytes", bytes.len()))));
     }
     tracing::trace!(vip = %vip, mac = ?mac, "announcement sent");
     Ok(())
@@ -110,9 +86,7 @@ fn hw_addr(sock: &OwnedFd, name: &CString) -> Result<Mac, HwError> {
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
     if bytes.len() >= req.ifr_name.len() {
-        return Err(HwError::Os(io::Error::from_raw_os_error(
-            libc::ENAMETOOLONG,
-        )));
+        return Err(HwError::Os(io::Error::from_raw_os_error(libc::ENAMETOOLONG)));
     }
     for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;

@@ -40,10 +40,7 @@ fn vip_agent() {
         env("TANDEM_VIP_PREFIX").parse().expect("TANDEM_VIP_PREFIX"),
         env("TANDEM_VIP_IF"),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let result = rt.block_on(async move {
         let vips = Arc::new(Vips::connect().await?);
         Ok::<String, tandem_network::NetError>(match op.as_str() {
@@ -101,11 +98,7 @@ fn capture_garp(vip: &VipSpec) -> std::io::Result<String> {
             return Err(Error::last_os_error());
         }
         let proto = (libc::ETH_P_ARP as u16).to_be();
-        let fd = libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            proto as i32,
-        );
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto as i32);
         if fd < 0 {
             return Err(Error::last_os_error());
         }
@@ -115,18 +108,10 @@ fn capture_garp(vip: &VipSpec) -> std::io::Result<String> {
         sll.sll_protocol = proto;
         sll.sll_ifindex = index as i32;
         let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        if libc::bind(
-            sock.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            len,
-        ) < 0
-        {
+        if libc::bind(sock.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len) < 0 {
             return Err(Error::last_os_error());
         }
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
         let tvlen = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
         libc::setsockopt(
             sock.as_raw_fd(),
@@ -156,11 +141,7 @@ fn capture_garp(vip: &VipSpec) -> std::io::Result<String> {
                 let now = Instant::now();
                 let t0 = *first.get_or_insert(now);
                 at.push((now - t0).as_millis().to_string());
-                mac = f[6..12]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":");
+                mac = f[6..12].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             }
         }
         Ok(format!("n={} mac={mac} at={}", at.len(), at.join(",")))
@@ -173,11 +154,7 @@ fn capture_garp(vip: &VipSpec) -> std::io::Result<String> {
 fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert_eq!(
-        uid.split_whitespace().nth(2),
-        Some("0"),
-        "the lab tests need root (namespaces, veths, bridges)"
-    );
+    assert_eq!(uid.split_whitespace().nth(2), Some("0"), "the lab tests need root (namespaces, veths, bridges)");
 }
 
 /// A lab removed when dropped, even if the test fails.
@@ -189,11 +166,7 @@ impl TestLab {
     fn up(nodes: u8) -> TestLab {
         require_root();
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "v{}-{}",
-            std::process::id() % 1_000_000,
-            N.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("v{}-{}", std::process::id() % 1_000_000, N.fetch_add(1, Ordering::SeqCst));
         let _ = tandem_lab::down(&name);
         let lab = Lab::up(LabSpec::new(name.as_str(), nodes)).expect("lab up");
         TestLab { lab }
@@ -217,28 +190,10 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn agent_cmd(
-    lab: &Lab,
-    host: &str,
-    op: &str,
-    addr: &str,
-    prefix: u8,
-    iface: &str,
-) -> std::process::Command {
+fn agent_cmd(lab: &Lab, host: &str, op: &str, addr: &str, prefix: u8, iface: &str) -> std::process::Command {
     let exe = std::env::current_exe().unwrap();
     let exe = exe.to_str().unwrap();
-    let mut cmd = lab
-        .command(
-            host,
-            &[
-                exe,
-                "--exact",
-                "vip_agent",
-                "--nocapture",
-                "--test-threads=1",
-            ],
-        )
-        .unwrap();
+    let mut cmd = lab.command(host, &[exe, "--exact", "vip_agent", "--nocapture", "--test-threads=1"]).unwrap();
     cmd.env(AGENT, op)
         .env("TANDEM_VIP_ADDR", addr)
         .env("TANDEM_VIP_PREFIX", prefix.to_string())
@@ -252,10 +207,7 @@ fn agent_cmd(
 fn agent_result(o: &Output) -> String {
     let out = String::from_utf8_lossy(&o.stdout);
     // The harness prints "test vip_agent ... " before the agent's line.
-    match out
-        .lines()
-        .find_map(|l| l.split_once(RESULT).map(|(_, r)| r))
-    {
+    match out.lines().find_map(|l| l.split_once(RESULT).map(|(_, r)| r)) {
         Some(r) if o.status.success() => r.to_string(),
         _ => panic!("the agent gave no result\n{}", text(o)),
     }
@@ -264,24 +216,16 @@ fn agent_result(o: &Output) -> String {
 /// Runs one VIP operation inside `host`; returns its result line ("ok", "present=true",
 /// "error: ...").
 fn agent(lab: &Lab, host: &str, op: &str, addr: &str, prefix: u8, iface: &str) -> String {
-    let o = agent_cmd(lab, host, op, addr, prefix, iface)
-        .output()
-        .unwrap();
+    let o = agent_cmd(lab, host, op, addr, prefix, iface).output().unwrap();
     agent_result(&o)
 }
 
 fn spawn_agent(lab: &Lab, host: &str, op: &str, addr: &str, prefix: u8, iface: &str) -> Child {
-    agent_cmd(lab, host, op, addr, prefix, iface)
-        .spawn()
-        .unwrap()
+    agent_cmd(lab, host, op, addr, prefix, iface).spawn().unwrap()
 }
 
 fn run(lab: &Lab, host: &str, argv: &[&str]) -> Output {
-    lab.command(host, argv)
-        .unwrap()
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    lab.command(host, argv).unwrap().stdin(Stdio::null()).output().unwrap()
 }
 
 fn run_ok(lab: &Lab, host: &str, argv: &[&str]) -> String {
@@ -292,11 +236,11 @@ fn run_ok(lab: &Lab, host: &str, argv: &[&str]) -> String {
 
 /// One ping from `host`, waiting at most 1 s for the answer.
 fn ping(lab: &Lab, host: &str, addr: &str) -> bool {
-    let o = run(lab, host, &["ping", "-n", "-c1", "-W1", addr]);
-    if !o.status.success() {
-        eprintln!("ping {addr} from {host}: {}", text(&o));
-    }
-    o.status.success()
+    ping_output(lab, host, addr).status.success()
+}
+
+fn ping_output(lab: &Lab, host: &str, addr: &str) -> Output {
+    run(lab, host, &["ping", "-n", "-c1", "-W1", addr])
 }
 
 /// Pings until one answer comes, for at most 3 s: for the first contact with a freshly added
@@ -304,12 +248,16 @@ fn ping(lab: &Lab, host: &str, addr: &str) -> bool {
 /// Once the client has a neighbour entry, a single [`ping`] must do.
 fn ping_within(lab: &Lab, host: &str, addr: &str) -> bool {
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(3) {
-        if ping(lab, host, addr) {
+    loop {
+        let o = ping_output(lab, host, addr);
+        if o.status.success() {
             return true;
         }
+        if t0.elapsed() > Duration::from_secs(3) {
+            eprintln!("last ping of {addr} from {host}: {}", text(&o));
+            return false;
+        }
     }
-    false
 }
 
 /// The link-layer address of `addr` in `host`'s neighbour table, with the entry's line.
@@ -359,10 +307,7 @@ fn add_remove_present_idempotent_and_reachable() {
     let v = |op: &str| agent(lab, "n1", op, VIP4, 24, "eth0");
 
     assert_eq!(v("present"), "present=false");
-    assert!(
-        !ping(lab, "client", VIP4),
-        "the VIP answers before it was added"
-    );
+    assert!(!ping(lab, "client", VIP4), "the VIP answers before it was added");
 
     assert_eq!(v("add"), "ok");
     assert_eq!(v("add"), "ok", "adding twice is fine");
@@ -370,27 +315,17 @@ fn add_remove_present_idempotent_and_reachable() {
     let lines = addr_lines(lab, "n1", VIP4);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains(&format!("{VIP4}/24")), "{lines:?}");
-    assert!(
-        ping_within(lab, "client", VIP4),
-        "the VIP does not answer after add"
-    );
+    assert!(ping_within(lab, "client", VIP4), "the VIP does not answer after add");
 
     assert_eq!(v("remove"), "ok");
     assert_eq!(v("present"), "present=false");
     assert!(addr_lines(lab, "n1", VIP4).is_empty());
     assert_eq!(v("remove"), "ok", "removing twice is fine");
-    assert!(
-        !ping(lab, "client", VIP4),
-        "the VIP still answers after remove"
-    );
+    assert!(!ping(lab, "client", VIP4), "the VIP still answers after remove");
 
     // A VIP left behind with another prefix length (configuration changed between runs) is
     // removed too, and counts as present.
-    run_ok(
-        lab,
-        "n1",
-        &["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "eth0"],
-    );
+    run_ok(lab, "n1", &["ip", "addr", "add", &format!("{VIP4}/32"), "dev", "eth0"]);
     assert_eq!(v("present"), "present=true");
     assert_eq!(v("remove"), "ok");
     assert!(addr_lines(lab, "n1", VIP4).is_empty());
@@ -405,10 +340,7 @@ fn add_remove_present_idempotent_and_reachable() {
     let lines = addr_lines(lab, "n1", VIP6);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains(&format!("{VIP6}/64")), "{lines:?}");
-    assert!(
-        !lines[0].contains("tentative") && !lines[0].contains("dadfailed"),
-        "{lines:?}"
-    );
+    assert!(!lines[0].contains("tentative") && !lines[0].contains("dadfailed"), "{lines:?}");
     assert_eq!(v6("remove"), "ok");
     assert_eq!(v6("remove"), "ok");
     assert_eq!(v6("present"), "present=false");
@@ -418,12 +350,7 @@ fn add_remove_present_idempotent_and_reachable() {
 fn bad_input_gives_clear_errors() {
     let t = TestLab::up(1);
     let lab = &t.lab;
-    for (op, verb) in [
-        ("add", "add"),
-        ("remove", "remove"),
-        ("present", "check"),
-        ("announce", "announce"),
-    ] {
+    for (op, verb) in [("add", "add"), ("remove", "remove"), ("present", "check"), ("announce", "announce")] {
         assert_eq!(
             agent(lab, "n1", op, VIP4, 24, "nope0"),
             format!("error: cannot {verb} 198.18.0.100/24 on nope0: no such interface"),
@@ -485,20 +412,11 @@ fn vip_moves_with_gratuitous_arp() {
     let child = spawn_agent(lab, "n1", "takeover", VIP4, 24, "eth0");
     // The agent process needs some time to start, add the VIP and send the burst.
     let took = wait_neigh(lab, "client", VIP4, MAC_N1, Duration::from_secs(3));
-    eprintln!(
-        "client's neighbour entry moved back to n1 {took:?} after the takeover agent started"
-    );
+    eprintln!("client's neighbour entry moved back to n1 {took:?} after the takeover agent started");
     assert!(ping(lab, "client", VIP4), "the VIP does not answer on n1");
     let r = agent_result(&child.wait_with_output().unwrap());
-    let ms: u64 = r
-        .strip_prefix("ok ms=")
-        .unwrap_or_else(|| panic!("{r}"))
-        .parse()
-        .unwrap();
-    assert!(
-        (4000..5000).contains(&ms),
-        "takeover announcement ran {ms} ms"
-    );
+    let ms: u64 = r.strip_prefix("ok ms=").unwrap_or_else(|| panic!("{r}")).parse().unwrap();
+    assert!((4000..5000).contains(&ms), "takeover announcement ran {ms} ms");
     // What the client saw: 3 packets 20 ms apart, then at 0.5, 1, 2 and 4 s, from n1's MAC.
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut capture_out, &mut rest).unwrap();
@@ -512,59 +430,26 @@ fn vip_moves_with_gratuitous_arp() {
     let (mac, at) = r.split_once(' ').unwrap();
     assert_eq!(n, "n=7", "{r}");
     assert_eq!(mac, format!("mac={MAC_N1}"));
-    let at: Vec<i64> = at
-        .strip_prefix("at=")
-        .unwrap()
-        .split(',')
-        .map(|x| x.parse().unwrap())
-        .collect();
+    let at: Vec<i64> = at.strip_prefix("at=").unwrap().split(',').map(|x| x.parse().unwrap()).collect();
     for (got, want) in at.iter().zip([0i64, 20, 40, 500, 1000, 2000, 4000]) {
-        assert!(
-            (got - want).abs() <= 150,
-            "packet expected at {want} ms came at {got} ms: {at:?}"
-        );
+        assert!((got - want).abs() <= 150, "packet expected at {want} ms came at {got} ms: {at:?}");
     }
 
     // Released during the announcement: the task stops at its next packet (0.5 s).
     let r = agent(lab, "n1", "takeover-release", VIP4, 24, "eth0");
-    let ms: u64 = r
-        .strip_prefix("ok ms=")
-        .unwrap_or_else(|| panic!("{r}"))
-        .parse()
-        .unwrap();
-    assert!(
-        ms < 1000,
-        "takeover announcement did not stop on release: ran {ms} ms"
-    );
-    assert_eq!(
-        agent(lab, "n1", "present", VIP4, 24, "eth0"),
-        "present=false"
-    );
+    let ms: u64 = r.strip_prefix("ok ms=").unwrap_or_else(|| panic!("{r}")).parse().unwrap();
+    assert!(ms < 1000, "takeover announcement did not stop on release: ran {ms} ms");
+    assert_eq!(agent(lab, "n1", "present", VIP4, 24, "eth0"), "present=false");
 }
 
 #[test]
 fn vip6_moves_with_unsolicited_na() {
     let t = TestLab::up(2);
     let lab = &t.lab;
-    run_ok(
-        lab,
-        "client",
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{CLIENT6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ],
-    );
+    run_ok(lab, "client", &["ip", "addr", "add", &format!("{CLIENT6}/64"), "dev", "eth0", "nodad"]);
 
     assert_eq!(agent(lab, "n1", "add", VIP6, 64, "eth0"), "ok");
-    assert!(
-        ping_within(lab, "client", VIP6),
-        "the IPv6 VIP does not answer on n1"
-    );
+    assert!(ping_within(lab, "client", VIP6), "the IPv6 VIP does not answer on n1");
     assert_eq!(neigh(lab, "client", VIP6).0.as_deref(), Some(MAC_N1));
 
     assert_eq!(agent(lab, "n1", "remove", VIP6, 64, "eth0"), "ok");
@@ -574,8 +459,5 @@ fn vip6_moves_with_unsolicited_na() {
     assert_eq!(agent(lab, "n2", "announce", VIP6, 64, "eth0"), "ok");
     let took = wait_neigh(lab, "client", VIP6, MAC_N2, Duration::from_millis(500));
     eprintln!("client's IPv6 neighbour entry moved to n2 {took:?} after the announcement");
-    assert!(
-        ping(lab, "client", VIP6),
-        "the IPv6 VIP does not answer on n2"
-    );
+    assert!(ping(lab, "client", VIP6), "the IPv6 VIP does not answer on n2");
 }

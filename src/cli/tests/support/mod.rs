@@ -69,7 +69,19 @@ impl Cluster {
         let nodes: Vec<String> = vec!["n1".into(), "n2".into()];
         let c = Cluster { lab: Some(lab), name, nodes, daemons: Vec::new() };
         let addrs = |i: u8| (0..networks).map(|k| format!("198.18.{k}.{i}")).collect::<Vec<_>>().join(",");
-        let out = c.tandem("n1", &["cluster", "init", "--name", "t", "--node", &format!("n1={}", addrs(1)), "--node", &format!("n2={}", addrs(2))]);
+        let out = c.tandem(
+            "n1",
+            &[
+                "cluster",
+                "init",
+                "--name",
+                "t",
+                "--node",
+                &format!("n1={}", addrs(1)),
+                "--node",
+                &format!("n2={}", addrs(2)),
+            ],
+        );
         assert!(out.status.success(), "cluster init: {}", String::from_utf8_lossy(&out.stderr));
         let cluster_toml = c.sh("n1", "cat /etc/tandem/cluster.toml");
         let key = c.sh("n1", "cat /etc/tandem/cluster.key");

@@ -54,11 +54,7 @@ impl Effects {
 }
 
 pub fn short(actions: &[Action]) -> Vec<String> {
-    actions
-        .iter()
-        .filter(|a| !matches!(a, Action::Persist(_) | Action::Log { .. }))
-        .map(|a| a.to_string())
-        .collect()
+    actions.iter().filter(|a| !matches!(a, Action::Persist(_) | Action::Log { .. })).map(|a| a.to_string()).collect()
 }
 
 pub fn logs(actions: &[Action]) -> Vec<String> {
