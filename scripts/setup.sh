@@ -18,6 +18,8 @@ declare -A want=(
   [ps]=procps
   [cc]=gcc               # -sys crates
   [pkg-config]=pkg-config
+  [python3]=python3      # the small TCP service and client of the daemon's lab tests
+  [fusermount3]=fuse3    # FUSE mounts of replicated directories
 )
 missing=()
 for cmd in "${!want[@]}"; do
@@ -39,6 +41,8 @@ ip netns add "$probe" 2>/dev/null || die "cannot create a network namespace (ip 
 ip netns del "$probe"
 grep -q ' cgroup2 ' /proc/self/mountinfo || grep -qw cgroup2 /proc/filesystems \
   || die "no cgroup v2 in this kernel: lab kill needs cgroup.kill"
+[ -c /dev/fuse ] || modprobe fuse 2>/dev/null || true
+[ -c /dev/fuse ] || die "no /dev/fuse: replicated directories need FUSE"
 modprobe veth 2>/dev/null || true
 modprobe bridge 2>/dev/null || true
 log "ok: packages present, network namespaces and cgroup v2 available"
