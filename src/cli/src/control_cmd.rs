@@ -79,6 +79,16 @@ fn ask(socket: &std::path::Path, req: &Request, timeout: Duration) -> Result<Res
     })
 }
 
+/// Reports an answer the command did not expect: an error from the daemon (unknown module, ...)
+/// or a protocol mix-up.
+fn failed(r: Response) -> u8 {
+    match r {
+        Response::Error { message } => eprintln!("tandem: {message}"),
+        other => eprintln!("tandem: unexpected answer {other:?}"),
+    }
+    EXIT_ERROR
+}
+
 pub fn admin(target: Target, command: Admin) -> anyhow::Result<u8> {
     let req = Request::Admin { module: target.module.clone(), command };
     Ok(match ask(&target.socket, &req, ADMIN_TIMEOUT) {
@@ -91,14 +101,7 @@ pub fn admin(target: Target, command: Admin) -> anyhow::Result<u8> {
             eprintln!("{}: {message}", target.module);
             EXIT_REFUSED
         }
-        Ok(Response::Error { message }) => {
-            eprintln!("tandem: {message}");
-            EXIT_ERROR
-        }
-        Ok(other) => {
-            eprintln!("tandem: unexpected answer {other:?}");
-            EXIT_ERROR
-        }
+        Ok(other) => failed(other),
     })
 }
 
@@ -156,14 +159,7 @@ pub fn state(args: StateArgs) -> anyhow::Result<u8> {
     let modules = match ask(&args.socket, &req, Duration::from_secs(10)) {
         Err(code) => return Ok(code),
         Ok(Response::State { modules }) => modules,
-        Ok(Response::Error { message }) => {
-            eprintln!("tandem: {message}");
-            return Ok(EXIT_ERROR);
-        }
-        Ok(other) => {
-            eprintln!("tandem: unexpected answer {other:?}");
-            return Ok(EXIT_ERROR);
-        }
+        Ok(other) => return Ok(failed(other)),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&modules)?);
@@ -189,14 +185,7 @@ pub fn log(args: LogArgs) -> anyhow::Result<u8> {
                 }
                 since = next;
             }
-            Ok(Response::Error { message }) => {
-                eprintln!("tandem: {message}");
-                return Ok(EXIT_ERROR);
-            }
-            Ok(other) => {
-                eprintln!("tandem: unexpected answer {other:?}");
-                return Ok(EXIT_ERROR);
-            }
+            Ok(other) => return Ok(failed(other)),
         }
         if !args.follow {
             return Ok(0);

@@ -576,21 +576,12 @@ impl MirrorMachine {
             self.stop(Cause::Checker, out);
             return;
         }
-        let window_start = now.saturating_sub(self.policy.loop_interval_ms);
-        self.p.recoveries.retain(|&t| t >= window_start);
-        if self.p.recoveries.len() as u32 >= self.policy.loop_limit {
-            out.push(log(
-                Level::Error,
-                format!(
-                    "loop limit reached ({} recoveries in {} s) after {what} failed: module stopped; fix the cause, then start it",
-                    self.p.recoveries.len(),
-                    self.policy.loop_interval_ms / 1000
-                ),
-            ));
+        let (limit, interval) = (self.policy.loop_limit, self.policy.loop_interval_ms);
+        if let Err(message) = crate::types::admit_recovery(&mut self.p.recoveries, now, limit, interval, what) {
+            out.push(log(Level::Error, message));
             self.stop(Cause::LoopLimit, out);
             return;
         }
-        self.p.recoveries.push(now);
         // Without failover a stopstart could only restart here: do exactly that.
         let action = if action == FailAction::StopStart && !self.p.failover { FailAction::Restart } else { action };
         match (action, self.state) {

@@ -256,3 +256,25 @@ impl Refused {
         Refused { command, reason: reason.into() }
     }
 }
+
+/// The loop limit shared by both machines: records a recovery at `now` if fewer than `limit`
+/// happened within `interval_ms`; otherwise returns the message to log before stopping the module.
+pub(crate) fn admit_recovery(
+    recoveries: &mut Vec<Millis>,
+    now: Millis,
+    limit: u32,
+    interval_ms: Millis,
+    what: &str,
+) -> Result<(), String> {
+    let window_start = now.saturating_sub(interval_ms);
+    recoveries.retain(|&t| t >= window_start);
+    if recoveries.len() as u32 >= limit {
+        return Err(format!(
+            "loop limit reached ({} recoveries in {} s) after {what} failed: module stopped; fix the cause, then start it",
+            recoveries.len(),
+            interval_ms / 1000
+        ));
+    }
+    recoveries.push(now);
+    Ok(())
+}
