@@ -157,10 +157,12 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len: u8 = match prefix.parse::<u8>() {
         Ok(n) if prefix.chars().all(|c| c.is_ascii_digit()) && (1..=max).contains(&n) => n,
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "invalid CIDR \"{s}\": prefix length \"{prefix}\" must be an integer from 1 to {max} for an IPv{} address",
             if ip.is_ipv4() { 4 } else { 6 }
-        )),
+        ))
+        }
     };
     Ok((ip, len))
 }
