@@ -20,6 +20,7 @@ declare -A want=(
   [pkg-config]=pkg-config
   [python3]=python3      # the small TCP service and client of the daemon's lab tests
   [fusermount3]=fuse3    # FUSE mounts of replicated directories
+  [getfattr]=attr        # xattrs in the replication tests
 )
 missing=()
 for cmd in "${!want[@]}"; do

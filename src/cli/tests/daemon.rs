@@ -104,7 +104,7 @@ fn forged_truncated_and_replayed_heartbeats_are_dropped_and_counted() {
     let view = tandem_cluster::wire::ModuleView::Mirror(
         tandem_machine::MirrorMachine::new(tandem_machine::MirrorPolicy::new("n2", "n1"), None).view(),
     );
-    let body = tandem_cluster::wire::Body { cluster: "t".into(), from: "n2".into(), view };
+    let body = tandem_cluster::wire::Body { cluster: "t".into(), from: "n2".into(), view, synced_join: None };
     let replay = tandem_cluster::wire::Sealer::new(&key, 1).seal(1, 0, &body).unwrap();
     let forged = tandem_cluster::wire::Sealer::new(b"not the key", u64::MAX / 2).seal(1, 0, &body).unwrap();
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();

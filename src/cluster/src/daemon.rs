@@ -6,6 +6,7 @@ use crate::control::{ModuleStatus, Request, Response};
 use crate::driver::{self, Driver, Link, Machine, Msg};
 use crate::modlog::{ModLog, DEFAULT_MAX_BYTES};
 use crate::policy;
+use crate::replica::{Replica, ReplicaSpec};
 use crate::store::Store;
 use crate::wire::{Opener, Sealer};
 use std::future::Future;
@@ -140,10 +141,11 @@ fn load_modules(dir: &Path, cluster: &ClusterConfig, node: &str) -> Vec<ModuleCo
             );
             continue;
         }
-        if cfg.replication.as_ref().is_some_and(|r| !r.dirs.is_empty()) {
+        if cfg.replication.as_ref().is_some_and(|r| r.dirs.len() > 1) {
             tracing::error!(
-                "module {} not loaded: it replicates directories, which this version of the daemon cannot do yet (synchronous replication is the next milestone)",
-                cfg.name
+                "module {} not loaded: it replicates {} directories; this version replicates one directory per module",
+                cfg.name,
+                cfg.replication.as_ref().map_or(0, |r| r.dirs.len())
             );
             continue;
         }
@@ -255,7 +257,13 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
         let name = cfg.name.clone();
         let id = cfg.id;
         let pulse = cfg.heartbeat.pulse;
-        let (drv, body_rx, status_rx) = Driver::new(
+        let replica = replica_spec(&cluster, &cfg, &node, &key).map(|spec| Replica::new(spec, tx.clone()));
+        if let Some(r) = &replica {
+            for note in r.clean_leftovers() {
+                log.append("WARN", &note);
+            }
+        }
+        let (mut drv, body_rx, status_rx) = Driver::new(
             cfg,
             node.clone(),
             cluster.name.clone(),
@@ -267,6 +275,7 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
             dir.clone(),
             vips.clone(),
         );
+        drv.replica = replica;
         for link in links.iter() {
             tokio::spawn(driver::recv_loop(link.socket.clone(), link.network, tx.clone()));
         }
@@ -300,6 +309,33 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
     tokio::time::sleep((longest_pulse * 2).min(Duration::from_millis(500))).await;
     let _ = std::fs::remove_file(&opts.socket);
     Ok(())
+}
+
+/// The replicated directory of a mirror module on this node, if it has one.
+fn replica_spec(cluster: &ClusterConfig, cfg: &ModuleConfig, node: &str, key: &[u8]) -> Option<ReplicaSpec> {
+    let dir = cfg.replication.as_ref()?.dirs.first()?;
+    let peer = cfg.nodes.iter().find(|n| n.name != node)?;
+    let net = &cluster.replication_network().name;
+    let port = cluster.replication_port(cfg.id);
+    let listen = SocketAddr::new(cluster.node(node)?.address(net)?, port);
+    let peer_addr = SocketAddr::new(cluster.node(&peer.name)?.address(net)?, port);
+    Some(ReplicaSpec {
+        module: cfg.name.clone(),
+        module_id: cfg.id,
+        cluster: cluster.name.clone(),
+        node: node.to_string(),
+        peer: peer.name.clone(),
+        dir: dir.path.clone(),
+        exclude: dir.exclude.clone(),
+        key: key.to_vec(),
+        listen,
+        peer_addr,
+        // A write waits this long for the secondary before the stream is declared broken and the
+        // primary goes ALONE: several heartbeat timeouts, as the secondary may be flushing a
+        // large file to disk.
+        timeout: (cfg.heartbeat.timeout * 5).max(Duration::from_secs(5)),
+        staging: PathBuf::from("/run/tandem/replica").join(&cfg.name),
+    })
 }
 
 async fn wait_for_signal() {

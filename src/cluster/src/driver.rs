@@ -9,6 +9,7 @@ use crate::daemon::{VipOps, VipSpec};
 use crate::hooks::{run_hook, HookCall};
 use crate::liveness::Liveness;
 use crate::modlog::ModLog;
+use crate::replica::{ReplEvent, Replica};
 use crate::store::Store;
 use crate::wire::{Body, Drop, ModuleView, Opener, Sealer};
 use std::collections::{BTreeMap, VecDeque};
@@ -30,9 +31,19 @@ pub fn now_ms() -> u64 {
 }
 
 pub enum Msg {
-    Packet { data: Vec<u8>, network: u8 },
-    Admin { command: Admin, reply: oneshot::Sender<Response> },
-    Shutdown { reply: oneshot::Sender<()> },
+    Packet {
+        data: Vec<u8>,
+        network: u8,
+    },
+    /// From the replication threads of this module.
+    Repl(ReplEvent),
+    Admin {
+        command: Admin,
+        reply: oneshot::Sender<Response>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 // One per module, created once and never moved on a hot path: boxing would buy nothing.
@@ -49,6 +60,7 @@ enum In {
     PeerLost(String),
     HookFailed(Hook, String),
     ResyncDone,
+    ReplicationBroken(String),
     Tick,
     Shutdown,
 }
@@ -75,6 +87,8 @@ pub struct Driver<V: VipOps> {
     pub vips: Arc<V>,
     pub body_tx: watch::Sender<Body>,
     pub status_tx: watch::Sender<ModuleStatus>,
+    /// The replicated directory, for a mirror module that has one.
+    pub replica: Option<Replica>,
     queue: VecDeque<In>,
     delivered: BTreeMap<String, ModuleView>,
     accepted: u64,
@@ -97,7 +111,7 @@ impl<V: VipOps> Driver<V> {
         vips: Arc<V>,
     ) -> (Self, watch::Receiver<Body>, watch::Receiver<ModuleStatus>) {
         let liveness = Liveness::new(cfg.heartbeat.timeout.as_millis() as u64);
-        let body = Body { cluster: cluster.clone(), from: node.clone(), view: view_of(&machine) };
+        let body = Body { cluster: cluster.clone(), from: node.clone(), view: view_of(&machine), synced_join: None };
         let (body_tx, body_rx) = watch::channel(body);
         let status = ModuleStatus {
             module: cfg.name.clone(),
@@ -129,6 +143,7 @@ impl<V: VipOps> Driver<V> {
             vips,
             body_tx,
             status_tx,
+            replica: None,
             queue: VecDeque::new(),
             delivered: BTreeMap::new(),
             accepted: 0,
@@ -156,6 +171,7 @@ impl<V: VipOps> Driver<V> {
                 msg = rx.recv() => match msg {
                     None => return,
                     Some(Msg::Packet { data, network }) => self.packet(&data, network),
+                    Some(Msg::Repl(ev)) => self.repl_event(ev),
                     Some(Msg::Admin { command, reply }) => {
                         let r = self.admin(command).await;
                         let _ = reply.send(r);
@@ -205,6 +221,41 @@ impl<V: VipOps> Driver<V> {
         }
     }
 
+    fn repl_event(&mut self, ev: ReplEvent) {
+        match ev {
+            ReplEvent::Note(line) => self.log.append("INFO", &line),
+            ReplEvent::Synced { join_seq } => {
+                self.log.append("INFO", &format!("the secondary's copy is complete (join {join_seq})"));
+                self.body_tx.send_modify(|b| b.synced_join = Some(join_seq));
+            }
+            ReplEvent::Broken { reason, connection_loss } => {
+                let second = matches!(&self.machine, Machine::Mirror(m) if m.status().state == State::Second);
+                if second && connection_loss {
+                    // The primary may be dead: heartbeats decide (failover), not the stream.
+                    self.log.append("WARN", &format!("replication stream from the primary ended: {reason}"));
+                } else {
+                    self.queue.push_back(In::ReplicationBroken(reason));
+                }
+            }
+        }
+    }
+
+    /// On a secondary catching up: the primary says (in its heartbeat) that the full copy of this
+    /// join is applied here.
+    fn check_synced(&mut self, synced_join: Option<u64>) {
+        if let Machine::Mirror(m) = &self.machine {
+            let st = m.status();
+            if st.state == State::Second
+                && st.readiness == tandem_machine::Readiness::Transient
+                && synced_join == Some(m.persisted().join_seq)
+                && self.replica.is_some()
+                && !self.queue.iter().any(|e| matches!(e, In::ResyncDone))
+            {
+                self.queue.push_back(In::ResyncDone);
+            }
+        }
+    }
+
     fn packet(&mut self, data: &[u8], network: u8) {
         let now = now_ms();
         match self.opener.open(data, network) {
@@ -214,6 +265,7 @@ impl<V: VipOps> Driver<V> {
                 }
                 self.accepted += 1;
                 self.liveness.heard(now, &hb.body.from, network);
+                self.check_synced(hb.body.synced_join);
                 if self.delivered.get(&hb.body.from) != Some(&hb.body.view) {
                     self.delivered.insert(hb.body.from.clone(), hb.body.view.clone());
                     self.queue.push_back(In::Peer(hb.body.view));
@@ -255,6 +307,7 @@ impl<V: VipOps> Driver<V> {
                     In::PeerLost(_) => MirrorEvent::PeerLost,
                     In::HookFailed(hook, reason) => MirrorEvent::HookFailed { hook, reason },
                     In::ResyncDone => MirrorEvent::ResyncDone,
+                    In::ReplicationBroken(reason) => MirrorEvent::ReplicationBroken { reason },
                     In::Tick => MirrorEvent::Tick,
                     In::Shutdown => MirrorEvent::Shutdown,
                 };
@@ -270,7 +323,7 @@ impl<V: VipOps> Driver<V> {
                     }
                     In::PeerLost(node) => FarmEvent::PeerLost { node },
                     In::HookFailed(hook, reason) => FarmEvent::HookFailed { hook, reason },
-                    In::ResyncDone => return Ok(()),
+                    In::ResyncDone | In::ReplicationBroken(_) => return Ok(()),
                     In::Tick => FarmEvent::Tick,
                     In::Shutdown => FarmEvent::Shutdown,
                 };
@@ -310,6 +363,17 @@ impl<V: VipOps> Driver<V> {
                 }
                 Action::ReleaseVip if is_farm => {}
                 Action::TakeVip => {
+                    // The replicated directory is intercepted before the application starts.
+                    if let Some(r) = self.replica.as_mut() {
+                        match r.take() {
+                            Ok(()) => self.log.append("INFO", "replicated directory mounted (FUSE)"),
+                            Err(e) => {
+                                self.log.append("ERROR", &format!("cannot mount the replicated directory: {e}"));
+                                self.queue
+                                    .push_back(In::HookFailed(Hook::StartPrim, format!("replicated directory: {e}")));
+                            }
+                        }
+                    }
                     for vip in self.cfg.vips.clone() {
                         let spec = VipSpec {
                             address: vip.address,
@@ -346,17 +410,55 @@ impl<V: VipOps> Driver<V> {
                             Err(e) => self.log.append("ERROR", &format!("cannot release VIP: {e}")),
                         }
                     }
-                }
-                Action::RunHook { hook, current, next, cause } => self.hook(hook, current, next, cause).await,
-                Action::StartReplication(ReplicationRole::Receiver) => {
-                    // A module without replicated directories has nothing to catch up.
-                    if self.cfg.replication.as_ref().is_none_or(|r| r.dirs.is_empty()) {
-                        self.queue.push_back(In::ResyncDone);
+                    if let Some(r) = self.replica.as_mut() {
+                        for note in r.release() {
+                            self.log.append("WARN", &note);
+                        }
+                        self.body_tx.send_modify(|b| b.synced_join = None);
                     }
                 }
-                Action::StartReplication(ReplicationRole::Sender)
-                | Action::StopReplication
-                | Action::StartResync { .. } => {}
+                Action::RunHook { hook, current, next, cause } => self.hook(hook, current, next, cause).await,
+                Action::StartReplication(ReplicationRole::Receiver) => match (self.replica.as_mut(), &self.machine) {
+                    (Some(r), Machine::Mirror(m)) => {
+                        let join = m.persisted().join_seq;
+                        match r.become_second(join) {
+                            Ok(()) => self
+                                .log
+                                .append("INFO", "receiving the primary's stream; the directory is read-only here"),
+                            Err(e) => {
+                                self.log.append("ERROR", &format!("cannot receive the replication stream: {e}"));
+                                self.queue.push_back(In::ReplicationBroken(e));
+                            }
+                        }
+                    }
+                    // A module without replicated directories has nothing to catch up.
+                    _ => self.queue.push_back(In::ResyncDone),
+                },
+                Action::StartResync { mode } => {
+                    let join = self.delivered.values().find_map(|v| match v {
+                        ModuleView::Mirror(v) => Some(v.join_seq),
+                        ModuleView::Farm(_) => None,
+                    });
+                    if let (Some(r), Some(join)) = (self.replica.as_mut(), join) {
+                        self.body_tx.send_modify(|b| b.synced_join = None);
+                        self.log.append(
+                            "INFO",
+                            &format!(
+                                "catch-up ({mode}) done as a full copy: incremental catch-up is not implemented yet"
+                            ),
+                        );
+                        r.peer_joined(join);
+                    }
+                }
+                Action::StopReplication => {
+                    if let (Some(r), Machine::Mirror(m)) = (self.replica.as_mut(), &self.machine) {
+                        if m.status().state != State::Second {
+                            r.leave_second();
+                            r.stop_sender();
+                        }
+                    }
+                }
+                Action::StartReplication(ReplicationRole::Sender) => {}
                 Action::SetMembers(m) => {
                     let list: Vec<String> = m.iter().map(|(n, p)| format!("{n} (power {p})")).collect();
                     self.log.append("INFO", &format!("farm members: {}", list.join(", ")));

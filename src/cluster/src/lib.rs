@@ -15,6 +15,7 @@ pub mod liveness;
 pub mod modlog;
 pub mod notify;
 pub mod policy;
+pub mod replica;
 pub mod store;
 pub mod wire;
 

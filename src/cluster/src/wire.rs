@@ -45,6 +45,8 @@ pub struct Body {
     pub cluster: String,
     pub from: String,
     pub view: ModuleView,
+    /// Primary only: the secondary's join whose full copy is applied on it (it may be Ready).
+    pub synced_join: Option<u64>,
 }
 
 /// A heartbeat that passed every check.
@@ -254,6 +256,7 @@ mod tests {
             cluster: "c".into(),
             from: from.into(),
             view: ModuleView::Farm(FarmView { node: from.into(), state: State::Up }),
+            synced_join: None,
         }
     }
 

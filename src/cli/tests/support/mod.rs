@@ -63,9 +63,18 @@ impl Cluster {
     /// A lab of two nodes with `networks` networks, the cluster files and the `web` module on each
     /// node; daemons not started yet.
     pub fn new(prefix: &str, networks: u8, timers: &Timers) -> Cluster {
+        Cluster::with_dir(prefix, networks, timers, None)
+    }
+
+    /// As `new`, and the module replicates `dir` (each node has its own copy of it).
+    pub fn with_dir(prefix: &str, networks: u8, timers: &Timers, dir: Option<&str>) -> Cluster {
         let name = unique_name(prefix);
         let _ = tandem_lab::down(&name);
-        let lab = Lab::up(LabSpec::new(&name, 2).networks(networks)).expect("lab up");
+        let mut spec = LabSpec::new(&name, 2).networks(networks);
+        if let Some(d) = dir {
+            spec = spec.private_dir(d);
+        }
+        let lab = Lab::up(spec).expect("lab up");
         let nodes: Vec<String> = vec!["n1".into(), "n2".into()];
         let c = Cluster { lab: Some(lab), name, nodes, daemons: Vec::new() };
         let addrs = |i: u8| (0..networks).map(|k| format!("198.18.{k}.{i}")).collect::<Vec<_>>().join(",");
@@ -108,8 +117,10 @@ interface = "eth0"
 timeout = "10s"
 start_prim = ["/etc/tandem/modules/web/service.sh", "start"]
 stop_prim = ["/etc/tandem/modules/web/service.sh", "stop"]
-"#,
-            timers.pulse, timers.timeout
+{}"#,
+            timers.pulse,
+            timers.timeout,
+            dir.map(|d| format!("\n[[replication.dir]]\npath = \"{d}\"\nexclude = [\"*.tmp\"]\n")).unwrap_or_default()
         );
         for n in ["n1", "n2"] {
             c.write(n, "/etc/tandem/cluster.toml", &cluster_toml, "644");
@@ -230,6 +241,10 @@ stop_prim = ["/etc/tandem/modules/web/service.sh", "stop"]
 
     /// Both daemons up, `web` PRIM on n1 and SECOND on n2, as an admin does at first start.
     pub fn bring_up(&mut self) {
+        self.bring_up_with(Duration::from_secs(5));
+    }
+
+    fn bring_up_with(&mut self, ready_within: Duration) {
         self.start_daemon("n1");
         self.start_daemon("n2");
         for n in ["n1", "n2"] {
@@ -239,8 +254,14 @@ stop_prim = ["/etc/tandem/modules/web/service.sh", "stop"]
         assert!(out.status.success(), "prim: {}", String::from_utf8_lossy(&out.stderr));
         let out = self.admin("n2", &["second"]);
         assert!(out.status.success(), "second: {}", String::from_utf8_lossy(&out.stderr));
-        self.wait_state("n1", 3, Duration::from_secs(5));
-        self.wait_state("n2", 4, Duration::from_secs(5));
+        self.wait_state("n1", 3, ready_within);
+        self.wait_state("n2", 4, ready_within);
+    }
+
+    /// As `bring_up`, for a module with a replicated directory: the secondary becomes Ready once the
+    /// full copy is applied.
+    pub fn bring_up_replicated(&mut self) {
+        self.bring_up_with(Duration::from_secs(60));
     }
 
     /// Connects from the client to the VIP in a loop until one connection succeeds; returns how

@@ -1,0 +1,408 @@
+//! The replicated directory of a mirror module, as the daemon drives it: the FUSE layer mounted
+//! over the directory while this node is primary, a replication stream to the secondary once it
+//! joins (first a full copy, then every change synchronously), and on the secondary a receiver
+//! that applies the stream into the directory, which the application sees read-only meanwhile.
+//!
+//! The blocking parts (connecting, the full copy, the receiver) run on threads of their own and
+//! report to the module's driver through `Msg::Repl`: the driver turns them into machine events
+//! (ReplicationBroken, ResyncDone).
+
+use crate::driver::Msg;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tandem_replication::fs::{clean_stale_mounts, MountOptions, OpSink, ReplicatedFs};
+use tandem_replication::op::{AckLevel, Op};
+use tandem_replication::stream::{Expect, Receiver, Sender, Stopper};
+use tokio::sync::mpsc;
+
+/// What the replication threads tell the driver.
+#[derive(Debug)]
+pub enum ReplEvent {
+    /// The stream broke or could not be set up. `connection_loss`: the connection ended (the peer
+    /// died, the network failed); heartbeats then decide between failover and joining again.
+    Broken { reason: String, connection_loss: bool },
+    /// The full copy for this join is applied on the secondary.
+    Synced { join_seq: u64 },
+    /// A line for the module log (progress of a copy).
+    Note(String),
+}
+
+pub struct ReplicaSpec {
+    pub module: String,
+    pub module_id: u8,
+    pub cluster: String,
+    pub node: String,
+    pub peer: String,
+    pub dir: PathBuf,
+    pub exclude: Vec<String>,
+    pub key: Vec<u8>,
+    /// This node's and the peer's addresses on the replication network, with the module's port.
+    pub listen: SocketAddr,
+    pub peer_addr: SocketAddr,
+    /// How long a write waits for the secondary before the stream is declared broken.
+    pub timeout: Duration,
+    /// Where the secondary keeps a private writable view of the directory.
+    pub staging: PathBuf,
+}
+
+/// The sink the FUSE layer writes into: the replication stream, with the module's timeout. The
+/// first failure is reported to the driver once; the application is never held longer.
+struct StreamSink {
+    sender: Arc<Sender>,
+    timeout: Duration,
+    tx: mpsc::Sender<Msg>,
+    reported: AtomicBool,
+}
+
+impl StreamSink {
+    fn report(&self, e: String) {
+        if !self.reported.swap(true, Ordering::SeqCst) {
+            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Broken { reason: e, connection_loss: false }));
+        }
+    }
+}
+
+impl OpSink for StreamSink {
+    fn submit(&self, op: Op) -> u64 {
+        match self.sender.submit(op) {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.report(e.to_string());
+                u64::MAX
+            }
+        }
+    }
+
+    fn wait(&self, seq: u64, level: AckLevel) -> Result<(), String> {
+        if seq == u64::MAX {
+            return Err("replication stream broken".into());
+        }
+        self.sender.wait(seq, level, self.timeout).map_err(|e| {
+            let msg = e.to_string();
+            self.report(msg.clone());
+            msg
+        })
+    }
+}
+
+struct SecondarySide {
+    stopper: Arc<Mutex<Option<Stopper>>>,
+    quit: Arc<AtomicBool>,
+}
+
+pub struct Replica {
+    spec: ReplicaSpec,
+    tx: mpsc::Sender<Msg>,
+    fs: Option<Arc<ReplicatedFs>>,
+    /// The stream of the current join, once connected (the copy thread fills it).
+    sender_slot: Option<Arc<Mutex<Option<Arc<Sender>>>>>,
+    secondary: Option<SecondarySide>,
+}
+
+impl Replica {
+    pub fn new(spec: ReplicaSpec, tx: mpsc::Sender<Msg>) -> Replica {
+        Replica { spec, tx, fs: None, sender_slot: None, secondary: None }
+    }
+
+    /// At daemon start: a FUSE mount or a read-only protection left by a crashed daemon.
+    pub fn clean_leftovers(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        match clean_stale_mounts(&self.spec.dir) {
+            Ok(0) => {}
+            Ok(n) => notes.push(format!("removed {n} stale mount(s) of {}", self.spec.dir.display())),
+            Err(e) => notes.push(format!("stale mounts of {}: {e}", self.spec.dir.display())),
+        }
+        unprotect(&self.spec.dir, &self.spec.staging);
+        notes
+    }
+
+    /// Becoming primary: mount the FUSE layer over the directory (before the application starts).
+    pub fn take(&mut self) -> Result<(), String> {
+        self.leave_second();
+        if self.fs.is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.spec.dir).map_err(|e| format!("{}: {e}", self.spec.dir.display()))?;
+        let _ = clean_stale_mounts(&self.spec.dir);
+        let opts = MountOptions::new(self.spec.module.clone()).exclude(self.spec.exclude.clone());
+        let fs = ReplicatedFs::mount(&self.spec.dir, opts, None).map_err(|e| e.to_string())?;
+        self.fs = Some(Arc::new(fs));
+        Ok(())
+    }
+
+    /// Leaving primary (after the application stopped): close the stream, unmount.
+    pub fn release(&mut self) -> Vec<String> {
+        self.stop_sender();
+        let mut notes = Vec::new();
+        if let Some(fs) = self.fs.take() {
+            match Arc::try_unwrap(fs) {
+                Ok(fs) => {
+                    if let Err(e) = fs.unmount() {
+                        notes.push(format!("unmount of {}: {e}", self.spec.dir.display()));
+                    }
+                }
+                // A copy thread still holds it: dropping the last reference unmounts.
+                Err(_) => notes.push("the full copy still runs: the directory is unmounted when it stops".into()),
+            }
+        }
+        notes
+    }
+
+    /// The secondary joined (join number `join_seq`): connect, copy everything, then replicate.
+    /// Until incremental catch-up exists (change tracking), every catch-up is a full copy into the
+    /// secondary's emptied directory.
+    pub fn peer_joined(&mut self, join_seq: u64) {
+        self.stop_sender();
+        let Some(fs) = self.fs.clone() else {
+            let reason = "not primary: nothing to replicate".to_string();
+            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false }));
+            return;
+        };
+        let spec = &self.spec;
+        let (peer_addr, key, timeout, tx) = (spec.peer_addr, spec.key.clone(), spec.timeout, self.tx.clone());
+        let hello = tandem_replication::frame::Hello {
+            version: tandem_replication::frame::WIRE_VERSION,
+            cluster: spec.cluster.clone(),
+            module_id: spec.module_id,
+            from: spec.node.clone(),
+            join_seq,
+        };
+        let expect = Expect {
+            cluster: spec.cluster.clone(),
+            module_id: spec.module_id,
+            peer: Some(spec.peer.clone()),
+            join_seq: Some(join_seq),
+        };
+        let slot: Arc<Mutex<Option<Arc<Sender>>>> = Arc::new(Mutex::new(None));
+        let slot2 = slot.clone();
+        let module = spec.module.clone();
+        std::thread::Builder::new()
+            .name(format!("repl-sync-{module}"))
+            .spawn(move || {
+                let report = |reason: String| {
+                    let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false }));
+                };
+                // The secondary starts its receiver when it joins; give it a moment.
+                let deadline = Instant::now() + timeout.max(Duration::from_secs(5));
+                let sender = loop {
+                    match Sender::connect(peer_addr, &key, hello.clone(), &expect) {
+                        Ok(s) => break Arc::new(s),
+                        Err(e) if Instant::now() < deadline => {
+                            tracing::debug!("replication connect to {peer_addr}: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Err(e) => return report(format!("cannot connect to {peer_addr}: {e}")),
+                    }
+                };
+                *slot2.lock().unwrap() = Some(sender.clone());
+                let sink = Arc::new(StreamSink {
+                    sender: sender.clone(),
+                    timeout,
+                    tx: tx.clone(),
+                    reported: AtomicBool::new(false),
+                });
+                fs.attach_empty_secondary(sink);
+                let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
+                    "replication to {peer_addr}: full copy started"
+                ))));
+                let started = Instant::now();
+                let mut last_note = Instant::now();
+                let result = fs.full_sync(&mut |p| {
+                    if last_note.elapsed() >= Duration::from_secs(2) {
+                        last_note = Instant::now();
+                        let _ = tx.try_send(Msg::Repl(ReplEvent::Note(format!(
+                            "full copy: {} files, {} MiB of about {} MiB",
+                            p.files,
+                            p.bytes >> 20,
+                            p.total_bytes_estimate >> 20
+                        ))));
+                    }
+                });
+                let totals = match result {
+                    Ok(t) => t,
+                    Err(e) => return report(format!("full copy failed: {e}")),
+                };
+                // Everything queued so far must be applied on the secondary before it is Ready.
+                let last = match sender.submit(Op::Fsync { fh: None, datasync: false }) {
+                    Ok(s) => s,
+                    Err(e) => return report(e.to_string()),
+                };
+                if let Err(e) = sender.wait(last, AckLevel::Durable, timeout.max(Duration::from_secs(60))) {
+                    return report(format!("full copy not acknowledged: {e}"));
+                }
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
+                    "full copy done: {} files, {} directories, {} MiB in {:.1} s ({:.0} MiB/s)",
+                    totals.files,
+                    totals.dirs,
+                    totals.bytes >> 20,
+                    secs,
+                    (totals.bytes as f64 / 1048576.0) / secs
+                ))));
+                let _ = tx.blocking_send(Msg::Repl(ReplEvent::Synced { join_seq }));
+            })
+            .expect("spawn replication thread");
+        self.sender_slot = Some(slot);
+    }
+
+    /// The secondary left (or was lost): stop replicating; the FUSE layer keeps working locally.
+    pub fn stop_sender(&mut self) {
+        if let Some(fs) = &self.fs {
+            fs.set_sink(None);
+        }
+        if let Some(slot) = self.sender_slot.take() {
+            if let Some(s) = slot.lock().unwrap().take() {
+                std::thread::spawn(move || s.close());
+            }
+        }
+    }
+
+    /// Joining as secondary: empty the directory (a full copy follows), make it read-only for the
+    /// application, and apply the primary's stream into the private writable view.
+    pub fn become_second(&mut self, join_seq: u64) -> Result<(), String> {
+        self.release();
+        self.leave_second();
+        let spec = &self.spec;
+        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+        empty_dir(&spec.dir).map_err(|e| format!("emptying {} for the full copy: {e}", spec.dir.display()))?;
+        protect(&spec.dir, &spec.staging)?;
+        let listener = TcpListener::bind(spec.listen).map_err(|e| format!("replication port {}: {e}", spec.listen))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let quit = Arc::new(AtomicBool::new(false));
+        let stopper: Arc<Mutex<Option<Stopper>>> = Arc::new(Mutex::new(None));
+        let (quit2, stopper2, tx) = (quit.clone(), stopper.clone(), self.tx.clone());
+        let hello = tandem_replication::frame::Hello {
+            version: tandem_replication::frame::WIRE_VERSION,
+            cluster: spec.cluster.clone(),
+            module_id: spec.module_id,
+            from: spec.node.clone(),
+            join_seq,
+        };
+        let expect = Expect {
+            cluster: spec.cluster.clone(),
+            module_id: spec.module_id,
+            peer: Some(spec.peer.clone()),
+            join_seq: Some(join_seq),
+        };
+        let (key, root) = (spec.key.clone(), spec.staging.clone());
+        std::thread::Builder::new()
+            .name(format!("repl-recv-{}", spec.module))
+            .spawn(move || {
+                while !quit2.load(Ordering::SeqCst) {
+                    let stream = match listener.accept() {
+                        Ok((s, _)) => s,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                        Err(e) => {
+                            let reason = format!("accept: {e}");
+                            let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false }));
+                            return;
+                        }
+                    };
+                    let _ = stream.set_nonblocking(false);
+                    let receiver = match Receiver::handshake(stream, &key, &root, hello.clone(), &expect) {
+                        Ok(r) => r,
+                        // A stranger or a stale primary: refused and logged; keep listening.
+                        Err(e) => {
+                            tracing::warn!("replication connection refused: {e}");
+                            continue;
+                        }
+                    };
+                    if let Ok(s) = receiver.stopper() {
+                        *stopper2.lock().unwrap() = Some(s);
+                    }
+                    let outcome = receiver.run();
+                    if quit2.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let (reason, connection_loss) = match outcome {
+                        Ok(_) => ("the primary closed the replication stream".to_string(), true),
+                        Err(e) => (e.to_string(), e.is_connection_loss()),
+                    };
+                    let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss }));
+                    return;
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        self.secondary = Some(SecondarySide { stopper, quit });
+        Ok(())
+    }
+
+    /// Leaving SECOND: stop the receiver, give the directory back (writable) to this node.
+    pub fn is_second(&self) -> bool {
+        self.secondary.is_some()
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        self.fs.is_some()
+    }
+
+    pub fn leave_second(&mut self) {
+        if let Some(side) = self.secondary.take() {
+            side.quit.store(true, Ordering::SeqCst);
+            if let Some(s) = side.stopper.lock().unwrap().take() {
+                s.stop();
+            }
+            unprotect(&self.spec.dir, &self.spec.staging);
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.leave_second();
+        let _ = self.release();
+    }
+}
+
+/// Removes everything inside `dir` (not `dir` itself, which may be a mount point).
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The application must not write the secondary's copy: a private writable bind of the directory
+/// at `staging` for the receiver, and the directory itself remounted read-only over itself.
+fn protect(dir: &Path, staging: &Path) -> Result<(), String> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let none: Option<&str> = None;
+    mount(Some(dir), staging, none, MsFlags::MS_BIND, none)
+        .map_err(|e| format!("bind {} at {}: {e}", dir.display(), staging.display()))?;
+    mount(Some(dir), dir, none, MsFlags::MS_BIND, none)
+        .map_err(|e| format!("bind {} over itself: {e}", dir.display()))?;
+    mount(none, dir, none, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, none)
+        .map_err(|e| format!("read-only remount of {}: {e}", dir.display()))?;
+    Ok(())
+}
+
+/// Undoes `protect` (and cleans what a crashed daemon left): idempotent.
+fn unprotect(dir: &Path, staging: &Path) {
+    use nix::mount::{umount2, MntFlags};
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let is_mounted = |p: &Path| {
+        let p = p.to_string_lossy();
+        mounts.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| m == p)
+    };
+    if is_mounted(staging) {
+        let _ = umount2(staging, MntFlags::MNT_DETACH);
+        // Only our read-only bind sits on `dir` while `staging` exists.
+        if is_mounted(dir) {
+            let _ = umount2(dir, MntFlags::MNT_DETACH);
+        }
+    }
+    let _ = std::fs::remove_dir(staging);
+}

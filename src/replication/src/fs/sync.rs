@@ -1,0 +1,599 @@
+//! The full synchronisation: sends a secondary whose copy is empty everything it needs, while the
+//! application keeps using the mount. See docs/replication.md, "The file system layer", "Full
+//! synchronisation", for the invariants and why no write is lost.
+//!
+//! In short: while a sync runs, the layer knows which directories the secondary already holds
+//! *listed* (every entry of theirs is there). An application change is sent only when the
+//! secondary holds what it touches (the parent directory is listed); a change elsewhere is not
+//! sent, and the walk picks it up when it lists that directory. Listing one directory is one step
+//! under the order lock; the data of each file is then sent one chunk per step under the order
+//! lock, through the sync's own handle, while the application's own handles on that file are
+//! already replicated.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
+
+use super::handlers::{join, key_of, rel, time_set, Inner, Pending};
+use super::inodes::Key;
+use super::sys::{self, cpath, Errno};
+use super::{FsError, OpSink, SyncProgress};
+use crate::op::{AckLevel, Handle, Op, TimeSet};
+
+thread_local! {
+    /// Set on the thread running a full sync: its ops are not the application's changes, so the
+    /// change observer does not see them.
+    pub(super) static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+struct Quiet;
+
+impl Quiet {
+    fn new() -> Quiet {
+        QUIET.with(|q| q.set(true));
+        Quiet
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        QUIET.with(|q| q.set(false));
+    }
+}
+
+/// What the layer knows of the secondary's copy while a full sync runs. Read and changed only
+/// under the order lock.
+pub(super) struct SyncState {
+    /// Identifies this sync: attaching or detaching a sink ends it.
+    pub generation: u64,
+    /// Directories whose entries are all on the secondary (the root first).
+    pub listed: HashSet<Key>,
+    /// Directories on the secondary (their Mkdir was sent) not listed yet: the walk's stack.
+    pub stack: Vec<(Vec<u8>, Key)>,
+    /// The names sent (or linked on the secondary) of each regular file with several links.
+    /// Some may have left the secondary since: a name is used only after checking that it still
+    /// names the same file and that the secondary holds it.
+    pub links: HashMap<Key, Vec<Vec<u8>>>,
+    /// Files whose data the walk is sending, by the sync's handle: their current name.
+    pub copying: HashMap<Handle, (Vec<u8>, Key)>,
+}
+
+fn parent_of(p: &[u8]) -> &[u8] {
+    match p.iter().rposition(|b| *b == b'/') {
+        Some(i) => &p[..i],
+        None => b"",
+    }
+}
+
+/// `p` renamed: `from` (or what is below it) becomes `to`.
+fn moved(p: &[u8], from: &[u8], to: &[u8]) -> Option<Vec<u8>> {
+    if p == from {
+        return Some(to.to_vec());
+    }
+    if p.len() > from.len() && p.starts_with(from) && p[from.len()] == b'/' {
+        let mut n = to.to_vec();
+        n.extend_from_slice(&p[from.len()..]);
+        return Some(n);
+    }
+    None
+}
+
+impl SyncState {
+    fn new(generation: u64) -> SyncState {
+        SyncState {
+            generation,
+            listed: HashSet::new(),
+            stack: Vec::new(),
+            links: HashMap::new(),
+            copying: HashMap::new(),
+        }
+    }
+
+    /// Follows a local rename in every path the sync keeps (whether the rename was sent or not).
+    pub fn renamed(&mut self, from: &[u8], to: &[u8], exchange: bool) {
+        let fix = |p: &mut Vec<u8>| {
+            if let Some(n) = moved(p, from, to) {
+                *p = n;
+            } else if exchange {
+                if let Some(n) = moved(p, to, from) {
+                    *p = n;
+                }
+            }
+        };
+        self.stack.iter_mut().for_each(|(p, _)| fix(p));
+        self.links.values_mut().for_each(|names| names.iter_mut().for_each(fix));
+        self.copying.values_mut().for_each(|(p, _)| fix(p));
+    }
+}
+
+/// Bounds what the sync has queued but the secondary has not received, and surfaces a broken
+/// stream: every `WINDOW` bytes (or objects) a checkpoint is taken, and the one before the
+/// previous is waited for.
+#[derive(Default)]
+struct Flow {
+    since: u64,
+    checkpoints: VecDeque<(Arc<dyn OpSink>, u64)>,
+    last: Pending,
+}
+
+const WINDOW: u64 = 8 << 20;
+/// What an object without data counts for in the window (a checkpoint every 2048 objects).
+const OBJECT_COST: u64 = 4096;
+
+impl Flow {
+    fn note(&mut self, last: Pending, cost: u64) -> Result<(), FsError> {
+        if last.is_some() {
+            self.last = last;
+        }
+        self.since += cost;
+        if self.since < WINDOW {
+            return Ok(());
+        }
+        self.since = 0;
+        if let Some(p) = self.last.clone() {
+            self.checkpoints.push_back(p);
+        }
+        while self.checkpoints.len() > 2 {
+            let (sink, seq) = self.checkpoints.pop_front().expect("non-empty");
+            sink.wait(seq, AckLevel::Received).map_err(FsError::Stream)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until everything sent is applied on the secondary.
+    fn finish(&mut self) -> Result<(), FsError> {
+        if let Some((sink, seq)) = self.last.take() {
+            sink.wait(seq, AckLevel::Written).map_err(FsError::Stream)?;
+        }
+        Ok(())
+    }
+}
+
+/// A file listed whose data is still to send.
+struct FileJob {
+    fh: Handle,
+    fd: OwnedFd,
+}
+
+/// What one listing step sent.
+#[derive(Default)]
+struct Listed {
+    files: u64,
+    dirs: u64,
+    jobs: Vec<FileJob>,
+}
+
+fn local_err(path: &[u8], what: &'static str, e: Errno) -> FsError {
+    FsError::Io {
+        path: std::path::PathBuf::from(String::from_utf8_lossy(path).into_owned()),
+        what,
+        source: std::io::Error::from_raw_os_error(e.0),
+    }
+}
+
+/// Errors that mean the object went away meanwhile (the application removed or renamed it).
+fn vanished(e: Errno) -> bool {
+    matches!(e.0, libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+}
+
+impl Inner {
+    pub(super) fn sync_state(&self) -> MutexGuard<'_, Option<SyncState>> {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the secondary holds the entry at `p` (always, when no sync runs). Under the order lock.
+    pub(super) fn on_secondary(&self, p: &[u8]) -> bool {
+        let s = self.sync_state();
+        match s.as_ref() {
+            None => true,
+            Some(s) => self.on_secondary_in(s, p),
+        }
+    }
+
+    pub(super) fn on_secondary_in(&self, s: &SyncState, p: &[u8]) -> bool {
+        p.is_empty() || self.stat_path(parent_of(p)).map(|st| s.listed.contains(&key_of(&st))).unwrap_or(false)
+    }
+
+    /// Whether a change at `p` is sent: not excluded and on the secondary.
+    pub(super) fn replicates(&self, p: &[u8]) -> bool {
+        !self.excluded(p) && self.on_secondary(p)
+    }
+
+    /// The name under which the secondary holds the object at `p`: `p` itself, or, while a sync
+    /// runs, another name of the same regular file (a hard link already sent while `p` is in a
+    /// directory not listed yet). None: changes to it are not sent.
+    pub(super) fn secondary_name(&self, p: &[u8]) -> Option<Vec<u8>> {
+        if self.excluded(p) {
+            return None;
+        }
+        let s = self.sync_state();
+        let Some(s) = s.as_ref() else { return Some(p.to_vec()) };
+        if self.on_secondary_in(s, p) {
+            return Some(p.to_vec());
+        }
+        let st = self.stat_path(p).ok()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink < 2 {
+            return None;
+        }
+        self.sent_name_in(s, key_of(&st))
+    }
+
+    /// A name under which the secondary holds the regular file `key`, among those recorded.
+    fn sent_name_in(&self, s: &SyncState, key: Key) -> Option<Vec<u8>> {
+        s.links
+            .get(&key)?
+            .iter()
+            .find(|n| {
+                !self.excluded(n)
+                    && self.stat_path(n).map(|o| key_of(&o) == key).unwrap_or(false)
+                    && self.on_secondary_in(s, n)
+            })
+            .cloned()
+    }
+
+    /// While a sync runs: a name under which the secondary holds the regular file `key`.
+    pub(super) fn sync_sent_name(&self, key: Key) -> Option<Vec<u8>> {
+        let s = self.sync_state();
+        self.sent_name_in(s.as_ref()?, key)
+    }
+
+    /// While a sync runs: the secondary no longer holds the name `p` (now the local name of
+    /// what it named) of the regular file `key`.
+    pub(super) fn sync_forget_name(&self, key: Key, p: &[u8]) {
+        if let Some(s) = self.sync_state().as_mut() {
+            if let Some(names) = s.links.get_mut(&key) {
+                names.retain(|n| n != p);
+            }
+        }
+    }
+
+    /// While a sync runs: the secondary now holds the regular file `key` under `p` too.
+    pub(super) fn sync_record_name(&self, key: Key, p: &[u8]) {
+        if let Some(s) = self.sync_state().as_mut() {
+            let names = s.links.entry(key).or_default();
+            if !names.iter().any(|n| n == p) {
+                names.push(p.to_vec());
+            }
+        }
+    }
+
+    /// A directory now on the secondary with all its entries (created empty, or copied whole).
+    pub(super) fn sync_mark_listed(&self, key: Key) {
+        if let Some(s) = self.sync_state().as_mut() {
+            s.listed.insert(key);
+        }
+    }
+
+    /// A directory removed or moved out of what the secondary holds.
+    pub(super) fn sync_unlist(&self, key: Key) {
+        if let Some(s) = self.sync_state().as_mut() {
+            s.listed.remove(&key);
+        }
+    }
+
+    /// Whether a directory's entries are on the secondary (always, when no sync runs).
+    pub(super) fn sync_is_listed(&self, key: Key) -> bool {
+        self.sync_state().as_ref().map(|s| s.listed.contains(&key)).unwrap_or(true)
+    }
+
+    pub(super) fn sync_renamed(&self, from: &[u8], to: &[u8], exchange: bool) {
+        if let Some(s) = self.sync_state().as_mut() {
+            s.renamed(from, to, exchange);
+        }
+    }
+
+    pub fn syncing(&self) -> bool {
+        self.sync_state().is_some()
+    }
+
+    /// Attaches a stream whose secondary holds nothing yet: until [`Inner::full_sync`] has sent
+    /// an object, no change to it is sent. Handles the application holds open are opened on the
+    /// secondary when the sync sends their file.
+    pub fn attach_empty(&self, sink: Arc<dyn OpSink>) {
+        let _g = self.order();
+        if let Ok(mut s) = self.sink.write() {
+            *s = Some(sink);
+        }
+        for f in self.files().values() {
+            f.replicated.store(false, Ordering::Relaxed);
+        }
+        let generation = self.sync_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.sync_state() = Some(SyncState::new(generation));
+    }
+
+    /// Fails unless the sync `generation` still runs (the sink was neither replaced nor detached).
+    fn check(&self, generation: u64) -> Result<(), FsError> {
+        match self.sync_state().as_ref() {
+            Some(s) if s.generation == generation => Ok(()),
+            _ => Err(FsError::Stream("the replication stream was detached during the full synchronisation".into())),
+        }
+    }
+
+    /// Bytes of data the sync will send, about: the allocated part of each regular file (each
+    /// inode once). A walk of the metadata, without the order lock.
+    fn sync_estimate(&self) -> u64 {
+        let mut seen = HashSet::new();
+        let mut total = 0u64;
+        let mut stack = vec![Vec::new()];
+        while let Some(d) = stack.pop() {
+            let Ok(c) = cpath(&d) else { continue };
+            let Ok(fd) = sys::openat(self.dirfd(), &c, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) else {
+                continue;
+            };
+            for e in sys::read_dir(fd).unwrap_or_default() {
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                let p = join(&d, &e.name);
+                if self.excluded(&p) {
+                    continue;
+                }
+                let Ok(st) = self.stat_path(&p) else { continue };
+                match st.st_mode & libc::S_IFMT {
+                    libc::S_IFDIR => stack.push(p),
+                    libc::S_IFREG if seen.insert(key_of(&st)) => {
+                        total += (st.st_size.max(0) as u64).min(st.st_blocks.max(0) as u64 * 512)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        total
+    }
+
+    pub fn full_sync(&self, progress: &mut dyn FnMut(&SyncProgress)) -> Result<SyncProgress, FsError> {
+        let start = Instant::now();
+        let generation = {
+            let _g = self.order();
+            let mut s = self.sync_state();
+            let Some(s) = s.as_mut() else { return Err(FsError::NotSyncing) };
+            let root = self.stat_path(b"").map_err(|e| local_err(b".", "stat", e))?;
+            s.stack.push((Vec::new(), key_of(&root)));
+            s.generation
+        };
+        let _quiet = Quiet::new();
+        let mut totals = SyncProgress { total_bytes_estimate: self.sync_estimate(), ..Default::default() };
+        let mut flow = Flow::default();
+        let mut buf = vec![0u8; super::handlers::COPY_CHUNK];
+        loop {
+            let mut last: Pending = None;
+            let step = {
+                let _g = self.order();
+                self.check(generation)?;
+                let next = self.sync_state().as_mut().and_then(|s| s.stack.pop());
+                match next {
+                    None => None,
+                    Some((dir, key)) => Some(self.list_dir(&dir, key, &mut last)?),
+                }
+            };
+            let Some(listed) = step else { break };
+            flow.note(last, (listed.files + listed.dirs) * OBJECT_COST)?;
+            for _ in 0..listed.dirs {
+                totals.dirs += 1;
+                totals.elapsed = start.elapsed();
+                progress(&totals);
+            }
+            for _ in 0..listed.files {
+                totals.files += 1;
+                totals.elapsed = start.elapsed();
+                progress(&totals);
+            }
+            for job in listed.jobs {
+                self.copy_data(generation, job, &mut buf, &mut flow, &mut totals, start, progress)?;
+            }
+        }
+        {
+            let _g = self.order();
+            self.check(generation)?;
+            *self.sync_state() = None;
+        }
+        flow.finish()?;
+        totals.elapsed = start.elapsed();
+        Ok(totals)
+    }
+
+    /// One step under the order lock: sends every entry of the directory `dir` (which the
+    /// secondary holds, empty) and marks it listed. Regular files get their name, size,
+    /// attributes and the application's handles; their data follows in [`Inner::copy_data`].
+    fn list_dir(&self, dir: &[u8], key: Key, last: &mut Pending) -> Result<Listed, FsError> {
+        let mut out = Listed::default();
+        // Still there, under this name, and not already sent whole (moved in by a rename)?
+        let st = match self.stat_path(dir) {
+            Ok(st) => st,
+            Err(e) if vanished(e) => return Ok(out),
+            Err(e) => return Err(local_err(dir, "stat", e)),
+        };
+        if key_of(&st) != key || st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok(out);
+        }
+        {
+            let s = self.sync_state();
+            let Some(s) = s.as_ref() else { return Ok(out) };
+            if s.listed.contains(&key) || !self.on_secondary_in(s, dir) {
+                // Listed already, or moved under a directory not listed yet: found again there.
+                return Ok(out);
+            }
+        }
+        if dir.is_empty() {
+            // The secondary's root exists: give it the primary's owner, mode and xattrs.
+            self.push(last, Op::Chown { path: rel(dir), uid: Some(st.st_uid), gid: Some(st.st_gid) });
+            self.push(last, Op::Chmod { path: rel(dir), mode: st.st_mode & 0o7777 });
+            self.emit_xattrs(dir, last);
+            out.dirs += 1;
+        }
+        // Listed from now on (the whole step is under the order lock, so no application change
+        // sees it half done): the names sent below are on the secondary, for hard links.
+        self.sync_mark_listed(key);
+        let c = cpath(dir).map_err(|e| local_err(dir, "path", e))?;
+        let fd = sys::openat(self.dirfd(), &c, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+            .map_err(|e| local_err(dir, "opening the directory", e))?;
+        let mut entries = sys::read_dir(fd).map_err(|e| local_err(dir, "reading the directory", e))?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        for e in entries {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let p = join(dir, &e.name);
+            if self.excluded(&p) {
+                continue;
+            }
+            let st = match self.stat_path(&p) {
+                Ok(st) => st,
+                Err(e) if vanished(e) => continue,
+                Err(e) => return Err(local_err(&p, "stat", e)),
+            };
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => {
+                    self.push(
+                        last,
+                        Op::Mkdir { path: rel(&p), mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid },
+                    );
+                    self.emit_xattrs(&p, last);
+                    if let Some(s) = self.sync_state().as_mut() {
+                        s.stack.push((p, key_of(&st)));
+                    }
+                    out.dirs += 1;
+                }
+                libc::S_IFREG => {
+                    out.files += 1;
+                    if let Some(job) = self.send_file_head(&p, &st, last).map_err(|e| local_err(&p, "open", e))? {
+                        out.jobs.push(job);
+                    }
+                }
+                _ => {
+                    // Symlinks, fifos, sockets, devices: the colleague's whole-object copy.
+                    match self.emit_copy(&p, &mut HashMap::new(), last) {
+                        Ok(()) => out.files += 1,
+                        Err(e) if vanished(e) => {}
+                        Err(e) => return Err(local_err(&p, "copy", e)),
+                    }
+                }
+            }
+        }
+        // The directory's entries are created: now its times (its subdirectories get theirs when
+        // they are listed, which does not change this directory's).
+        self.push(
+            last,
+            Op::SetTimes {
+                path: rel(dir),
+                atime: time_set(st.st_atime, st.st_atime_nsec),
+                mtime: time_set(st.st_mtime, st.st_mtime_nsec),
+            },
+        );
+        Ok(out)
+    }
+
+    /// Under the order lock: a Link to the first name sent of a hard-linked file, or the file's
+    /// Create, Truncate to its size, xattrs, and the application's writable handles opened on
+    /// the secondary. Returns the job that sends its data.
+    fn send_file_head(&self, p: &[u8], st: &libc::stat, last: &mut Pending) -> Result<Option<FileJob>, Errno> {
+        let key = key_of(st);
+        if st.st_nlink > 1 {
+            if let Some(first) = self.sync_sent_name(key).filter(|f| f != p) {
+                self.push(last, Op::Link { from: rel(&first), to: rel(p) });
+                self.sync_record_name(key, p);
+                self.open_app_handles(key, p, last);
+                return Ok(None);
+            }
+        }
+        let fd = match sys::openat(self.dirfd(), &cpath(p)?, libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
+            Ok(fd) => fd,
+            Err(e) if vanished(e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let fh = self.new_fh();
+        let size = st.st_size.max(0) as u64;
+        self.push(
+            last,
+            Op::Create {
+                fh,
+                path: rel(p),
+                flags: libc::O_WRONLY | libc::O_TRUNC,
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+            },
+        );
+        // The size first: from now on every change of size by the application is sent.
+        self.push(last, Op::Truncate { fh, size });
+        self.emit_xattrs(p, last);
+        self.open_app_handles(key, p, last);
+        if let Some(s) = self.sync_state().as_mut() {
+            if st.st_nlink > 1 {
+                s.links.insert(key, vec![p.to_vec()]);
+            }
+            s.copying.insert(fh, (p.to_vec(), key));
+        }
+        Ok(Some(FileJob { fh, fd }))
+    }
+
+    /// Sends the data of one file, one chunk (at most 1 MiB) per step under the order lock, then
+    /// closes the sync's handle and sends the file's mtime.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_data(
+        &self,
+        generation: u64,
+        job: FileJob,
+        buf: &mut [u8],
+        flow: &mut Flow,
+        totals: &mut SyncProgress,
+        start: Instant,
+        progress: &mut dyn FnMut(&SyncProgress),
+    ) -> Result<(), FsError> {
+        let mut pos = 0u64;
+        loop {
+            let mut last: Pending = None;
+            let n = {
+                let _g = self.order();
+                self.check(generation)?;
+                let st = sys::fstat(job.fd.as_fd()).map_err(|e| local_err(b"", "fstat", e))?;
+                if st.st_nlink == 0 {
+                    // Deleted: the secondary's copy has no name left either.
+                    break;
+                }
+                match self.next_chunk(&job.fd, pos, st.st_size.max(0) as u64, buf) {
+                    Ok(Some((off, n))) => {
+                        self.push(&mut last, Op::Write { fh: job.fh, offset: off, data: buf[..n].to_vec() });
+                        pos = off + n as u64;
+                        n as u64
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(local_err(b"", "reading a file to copy", e)),
+                }
+            };
+            totals.bytes += n;
+            totals.elapsed = start.elapsed();
+            progress(totals);
+            flow.note(last, n)?;
+        }
+        let mut last: Pending = None;
+        {
+            let _g = self.order();
+            self.check(generation)?;
+            self.push(&mut last, Op::Close { fh: job.fh });
+            let named = self.sync_state().as_mut().and_then(|s| s.copying.remove(&job.fh));
+            if let Some((p, key)) = named {
+                // Our writes stamped the secondary's clock on the file: send ours, under the
+                // name it had when listed if the secondary still holds it, else under another
+                // name of it that the secondary holds (a hard link), else it has no name there.
+                let still = self.stat_path(&p).map(|st| key_of(&st) == key).unwrap_or(false) && self.replicates(&p);
+                let name = if still { Some(p) } else { self.sync_sent_name(key) };
+                if let Some(name) = name {
+                    let st = sys::fstat(job.fd.as_fd()).map_err(|e| local_err(&name, "fstat", e))?;
+                    self.push(
+                        &mut last,
+                        Op::SetTimes {
+                            path: rel(&name),
+                            atime: TimeSet::Omit,
+                            mtime: time_set(st.st_mtime, st.st_mtime_nsec),
+                        },
+                    );
+                }
+            }
+        }
+        flow.note(last, OBJECT_COST)
+    }
+}

@@ -1,0 +1,567 @@
+//! The full synchronisation of the FUSE layer against a real kernel mount (needs root and
+//! /dev/fuse; skipped with a message otherwise). A tree made before the mount is sent with
+//! `full_sync` to a recording sink, possibly while writers change it through the mount; the
+//! recorded ops are replayed with the secondary's applier into an EMPTY directory, and the two
+//! trees are compared with `manifest`.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tandem_replication::apply::Applier;
+use tandem_replication::fs::{ChangeObserver, FsError, MountOptions, OpSink, ReplicatedFs, SyncProgress};
+use tandem_replication::manifest::{self, DiffOptions};
+use tandem_replication::op::{AckLevel, Op};
+
+fn fuse_available() -> bool {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIPPED: real FUSE tests need root and /dev/fuse");
+        return false;
+    }
+    true
+}
+
+/// Records every op and acknowledges at once.
+#[derive(Default)]
+struct RecordingSink {
+    ops: Mutex<Vec<Op>>,
+    count: AtomicU64,
+    /// Fail every wait from this sequence number on (0: never).
+    fail_from: AtomicU64,
+    /// Delay of each `Received` wait (the full sync's flow control; the application's own
+    /// requests wait for `Written`): a slow stream, so that the sync lasts.
+    received_delay: Duration,
+}
+
+impl RecordingSink {
+    fn new() -> Arc<RecordingSink> {
+        Arc::new(RecordingSink::default())
+    }
+    fn take(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.ops.lock().unwrap())
+    }
+}
+
+impl OpSink for RecordingSink {
+    fn submit(&self, op: Op) -> u64 {
+        let mut ops = self.ops.lock().unwrap();
+        ops.push(op);
+        self.count.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    fn wait(&self, seq: u64, level: AckLevel) -> Result<(), String> {
+        if level == AckLevel::Received {
+            std::thread::sleep(self.received_delay);
+        }
+        let f = self.fail_from.load(Ordering::SeqCst);
+        if f != 0 && seq >= f {
+            return Err("connection lost (test)".into());
+        }
+        Ok(())
+    }
+}
+
+struct Area {
+    _tmp: tempfile::TempDir,
+    primary: PathBuf,
+    replica: PathBuf,
+}
+
+fn area() -> Area {
+    let tmp = tempfile::Builder::new().prefix("tandem-sync-").tempdir_in("/var/tmp").unwrap();
+    let primary = tmp.path().join("primary");
+    let replica = tmp.path().join("replica");
+    fs::create_dir(&primary).unwrap();
+    fs::create_dir(&replica).unwrap();
+    Area { _tmp: tmp, primary, replica }
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let n = CString::new(name).unwrap();
+    let r = unsafe { libc::lsetxattr(cstr(p).as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(r, 0, "setxattr {}: {}", p.display(), std::io::Error::last_os_error());
+}
+
+fn set_mtime(p: &Path, sec: i64, nsec: i64) {
+    let ts = [libc::timespec { tv_sec: sec, tv_nsec: nsec }, libc::timespec { tv_sec: sec, tv_nsec: nsec }];
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, cstr(p).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// A small deterministic generator (no external crate).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn replay(ops: &[Op], replica: &Path) {
+    let mut app = Applier::open(replica).unwrap();
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(e) = app.apply(op) {
+            let around: Vec<String> = ops[i.saturating_sub(8)..i]
+                .iter()
+                .map(|o| match o {
+                    Op::Write { fh, offset, data } => {
+                        format!("Write {{ fh: {fh}, offset: {offset}, len: {} }}", data.len())
+                    }
+                    o => format!("{o:?}"),
+                })
+                .collect();
+            panic!("op #{i} {op:?} failed on the replica: {e}\nbefore it: {around:#?}");
+        }
+    }
+    assert_eq!(app.open_handles(), 0, "every handle closed");
+}
+
+/// Both trees identical (except `skip`ped paths of the primary, e.g. excluded names).
+fn assert_identical(primary: &Path, replica: &Path, skip: &[&str], options: &DiffOptions) {
+    let mut a = manifest::build(primary).unwrap();
+    let b = manifest::build(replica).unwrap();
+    a.entries.retain(|k, _| !skip.iter().any(|s| k.0.starts_with(s.as_bytes())));
+    let diffs = manifest::diff_with(&a, &b, options);
+    let shown: Vec<String> = diffs.iter().map(|d| d.to_string()).collect();
+    assert!(diffs.is_empty(), "{} differences: {shown:#?}", diffs.len());
+}
+
+/// The bytes a copy skipping holes sends for one file (SEEK_DATA/SEEK_HOLE).
+fn data_bytes(p: &Path) -> u64 {
+    let f = File::open(p).unwrap();
+    let size = f.metadata().unwrap().len() as i64;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let (mut off, mut total) = (0i64, 0u64);
+    while off < size {
+        let d = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
+        if d < 0 {
+            break;
+        }
+        let h = unsafe { libc::lseek(fd, d, libc::SEEK_HOLE) }.min(size);
+        total += (h - d) as u64;
+        off = h;
+    }
+    total
+}
+
+/// The tree of test (1), made directly in `p` (before any mount).
+fn make_tree(p: &Path) -> (u64, u64, u64) {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    fs::create_dir_all(p.join("a/b/c")).unwrap();
+    fs::create_dir(p.join("empty")).unwrap();
+    fs::create_dir(p.join("name with space")).unwrap();
+    fs::write(p.join("small.txt"), b"hello").unwrap();
+    fs::set_permissions(p.join("small.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::lchown(p.join("small.txt"), Some(1234), Some(5678)).unwrap();
+    fs::write(p.join("empty-file"), b"").unwrap();
+    fs::write(p.join("a/b/c/deep.bin"), rng.bytes(3 * 1024 * 1024 + 123)).unwrap();
+    fs::write(p.join("name with space/f"), b"spaced").unwrap();
+    // Sparse: data at 0, in the middle, and a hole at the end.
+    let f = File::create(p.join("sparse")).unwrap();
+    f.write_all_at(&rng.bytes(4096), 0).unwrap();
+    f.write_all_at(&rng.bytes(8192), 50 << 20).unwrap();
+    f.set_len(100 << 20).unwrap();
+    drop(f);
+    // Three names of one file.
+    fs::write(p.join("a/hl1"), b"linked content").unwrap();
+    fs::hard_link(p.join("a/hl1"), p.join("a/b/hl2")).unwrap();
+    fs::hard_link(p.join("a/hl1"), p.join("zz-hl3")).unwrap();
+    symlink("a/b", p.join("link")).unwrap();
+    symlink("../nowhere", p.join("a/dangling")).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(cstr(&p.join("a/fifo")).as_ptr(), 0o620) }, 0);
+    assert_eq!(
+        unsafe { libc::mknod(cstr(&p.join("devnull")).as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+        0
+    );
+    fs::set_permissions(p.join("a/b/c"), fs::Permissions::from_mode(0o750)).unwrap();
+    set_xattr(p, "user.root", b"on the root");
+    set_xattr(&p.join("small.txt"), "user.one", b"1");
+    set_xattr(&p.join("small.txt"), "user.two", &[0u8, 1, 2, 255]);
+    set_xattr(&p.join("a"), "user.dir", b"a directory");
+    set_xattr(&p.join("sparse"), "user.big", &vec![7u8; 3000]);
+    fs::write(p.join("junk.tmp"), b"excluded").unwrap();
+    // Times last, children before parents.
+    for (i, f) in
+        ["small.txt", "empty-file", "a/b/c/deep.bin", "sparse", "a/hl1", "a/fifo", "devnull"].iter().enumerate()
+    {
+        set_mtime(&p.join(f), 1_600_000_000 + i as i64, 123_456_789);
+    }
+    set_mtime(&p.join("link"), 1_500_000_000, 5);
+    for (i, d) in ["a/b/c", "a/b", "a", "empty", "name with space", ""].iter().enumerate() {
+        set_mtime(&p.join(d), 1_700_000_000 + i as i64, 987_654_321);
+    }
+    // Expected totals: non-directory entries (excluded one aside), directories (root
+    // included), data bytes (each inode once).
+    let names = [
+        "small.txt",
+        "empty-file",
+        "a/b/c/deep.bin",
+        "name with space/f",
+        "sparse",
+        "a/hl1",
+        "a/b/hl2",
+        "zz-hl3",
+        "link",
+        "a/dangling",
+        "a/fifo",
+        "devnull",
+    ];
+    let dirs_list = ["", "a", "a/b", "a/b/c", "empty", "name with space"];
+    let bytes = ["small.txt", "a/b/c/deep.bin", "name with space/f", "sparse", "a/hl1"]
+        .iter()
+        .map(|f| data_bytes(&p.join(f)))
+        .sum();
+    (names.len() as u64, dirs_list.len() as u64, bytes)
+}
+
+/// (1) and (3): a static tree with every kind of object, sent by `full_sync` to an empty
+/// replica; the application holds a file open across the attach and writes to it after.
+#[test]
+fn full_sync_of_a_static_tree_is_identical_and_counted() {
+    if !fuse_available() {
+        return;
+    }
+    let a = area();
+    let p = &a.primary;
+    let (files, dirs, bytes) = make_tree(p);
+
+    struct Seen(AtomicU64);
+    impl ChangeObserver for Seen {
+        fn on_local_change(&self, _op: &Op) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let fsys = ReplicatedFs::mount(p, MountOptions::new("sync1").exclude(["*.tmp"]), None).unwrap();
+    let seen = Arc::new(Seen(AtomicU64::new(0)));
+    fsys.set_observer(Some(seen.clone()));
+    let sink = RecordingSink::new();
+    assert!(matches!(fsys.full_sync(&mut |_| {}), Err(FsError::NotSyncing)));
+
+    // Opened (ALONE) before the stream exists, written after the sync: must reach the replica.
+    let held = OpenOptions::new().write(true).open(p.join("name with space/f")).unwrap();
+    let reader = File::open(p.join("small.txt")).unwrap();
+    seen.0.store(0, Ordering::SeqCst); // the application's own open above was a change
+    fsys.attach_empty_secondary(sink.clone());
+    assert!(fsys.syncing());
+    let mut calls: Vec<SyncProgress> = Vec::new();
+    let result = fsys.full_sync(&mut |pr| calls.push(*pr)).unwrap();
+    assert!(!fsys.syncing());
+    println!("static tree: {result:?}, {} progress calls", calls.len());
+    assert_eq!(seen.0.load(Ordering::SeqCst), 0, "the sync's own ops are not changes for the observer");
+
+    // (3) The totals match the tree; the callbacks are monotonic and end at the result.
+    assert_eq!((result.files, result.dirs, result.bytes), (files, dirs, bytes), "{result:?}");
+    let diff = result.total_bytes_estimate.abs_diff(bytes);
+    assert!(diff <= 64 << 10, "estimate {} vs {bytes}", result.total_bytes_estimate);
+    assert_eq!(calls.len() as u64, files + dirs + (1 + 4 + 1 + 2 + 1), "one call per object and per chunk");
+    for w in calls.windows(2) {
+        assert!(w[0].files <= w[1].files && w[0].dirs <= w[1].dirs && w[0].bytes <= w[1].bytes);
+    }
+    let last = calls.last().unwrap();
+    assert_eq!((last.files, last.dirs, last.bytes), (result.files, result.dirs, result.bytes));
+
+    // The held handle is opened on the secondary right after its file was created there.
+    let ops = sink.ops.lock().unwrap().clone();
+    let create =
+        ops.iter().position(|o| matches!(o, Op::Create { path, .. } if path.0 == b"name with space/f")).unwrap();
+    let open = ops.iter().position(|o| matches!(o, Op::Open { path, .. } if path.0 == b"name with space/f")).unwrap();
+    assert!(create < open, "{ops:?}");
+    assert!(!ops.iter().any(|o| matches!(o, Op::Create { path, .. } if path.0 == b"junk.tmp")));
+    // Chunks of at most 1 MiB, and no write into a hole.
+    assert!(ops.iter().all(|o| !matches!(o, Op::Write { data, .. } if data.len() > 1 << 20)));
+    let links = ops.iter().filter(|o| matches!(o, Op::Link { .. })).count();
+    assert_eq!(links, 2, "two more names of one file");
+
+    held.write_all_at(b"SPACED after the sync", 3).unwrap();
+    drop(held);
+    drop(reader);
+    drop(fsys);
+    replay(&sink.take(), &a.replica);
+    // Exact: file and directory mtimes, and the allocated size (holes are kept).
+    let exact = DiffOptions { file_mtime: true, dir_mtime: false, allocated: true };
+    assert_identical(p, &a.replica, &["junk.tmp"], &exact);
+    assert_eq!(fs::read(a.replica.join("name with space/f")).unwrap(), b"spaSPACED after the sync");
+}
+
+/// Directory mtimes of a static tree are exact too (no application change touches them).
+#[test]
+fn full_sync_keeps_directory_times() {
+    if !fuse_available() {
+        return;
+    }
+    let a = area();
+    let p = &a.primary;
+    make_tree(p);
+    let fsys = ReplicatedFs::mount(p, MountOptions::new("sync1b").exclude(["*.tmp"]), None).unwrap();
+    let sink = RecordingSink::new();
+    fsys.attach_empty_secondary(sink.clone());
+    fsys.full_sync(&mut |_| {}).unwrap();
+    drop(fsys);
+    replay(&sink.take(), &a.replica);
+    // The excluded file's name changed the root's mtime on the primary only at creation,
+    // before the times were set: the root compares too.
+    let all = DiffOptions { file_mtime: true, dir_mtime: true, allocated: false };
+    assert_identical(p, &a.replica, &["junk.tmp"], &all);
+}
+
+/// A broken stream stops the sync with the stream's error; detaching ends it too.
+#[test]
+fn full_sync_stops_on_a_broken_stream() {
+    if !fuse_available() {
+        return;
+    }
+    let a = area();
+    let p = &a.primary;
+    let mut rng = Rng(7);
+    for i in 0..6 {
+        fs::write(p.join(format!("f{i}")), rng.bytes(8 << 20)).unwrap();
+    }
+    let fsys = ReplicatedFs::mount(p, MountOptions::new("sync-broken"), None).unwrap();
+    let sink = RecordingSink::new();
+    sink.fail_from.store(1, Ordering::SeqCst);
+    fsys.attach_empty_secondary(sink.clone());
+    let r = fsys.full_sync(&mut |_| {});
+    assert!(matches!(r, Err(FsError::Stream(ref m)) if m.contains("connection lost")), "{r:?}");
+    // Detached by the daemon (ALONE); a new sync needs a new attach.
+    fsys.set_sink(None);
+    assert!(matches!(fsys.full_sync(&mut |_| {}), Err(FsError::NotSyncing)));
+    drop(fsys);
+}
+
+/// What the writers of the race test do, and check afterwards.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+const BIG: u64 = 64 << 20;
+
+fn start_writers(p: &Path, seed: u64, big: File) -> Writers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    // 1. Known patterns at known offsets of the big file, through a handle opened before the
+    //    stream was attached; now and then an fsync, a fallocate punch, an extension.
+    {
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut rng = Rng(seed | 1);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let len = 512 + rng.below(8 << 10) as usize;
+                let off = rng.below(BIG + (4 << 20));
+                let byte = (n % 251) as u8;
+                big.write_all_at(&vec![byte; len], off).unwrap();
+                if n.is_multiple_of(97) {
+                    big.sync_data().unwrap();
+                }
+                if n.is_multiple_of(131) {
+                    let r = unsafe {
+                        libc::fallocate(
+                            std::os::fd::AsRawFd::as_raw_fd(&big),
+                            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                            rng.below(BIG) as i64,
+                            65536,
+                        )
+                    };
+                    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            n
+        }));
+    }
+    // 2. Appends of numbered records to a log (O_APPEND), reopened now and then.
+    {
+        let stop = stop.clone();
+        let p = p.to_path_buf();
+        threads.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut f = OpenOptions::new().append(true).open(p.join("logs/log")).unwrap();
+                for _ in 0..50 {
+                    writeln!(f, "record {n:08}").unwrap();
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    // 3. The namespace: new files and directories, renames of files and whole directories
+    //    across the tree (in and out of parts sent and not sent yet), rewrites, deletions.
+    {
+        let stop = stop.clone();
+        let p = p.to_path_buf();
+        threads.push(std::thread::spawn(move || {
+            let mut rng = Rng(seed.wrapping_mul(31) | 1);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let d = |r: &mut Rng| format!("d{}", r.below(10));
+                match rng.below(8) {
+                    0 => {
+                        let name = p.join(d(&mut rng)).join(format!("new{n}"));
+                        let len = rng.below(20000) as usize;
+                        fs::write(&name, rng.bytes(len)).unwrap();
+                    }
+                    1 => {
+                        // Move a small file from one directory to another.
+                        let from = p.join(d(&mut rng));
+                        if let Some(e) =
+                            fs::read_dir(&from).unwrap().flatten().find(|e| e.file_type().unwrap().is_file())
+                        {
+                            if e.file_name() != "log" {
+                                let _ = fs::rename(e.path(), p.join(d(&mut rng)).join(format!("mv{n}")));
+                            }
+                        }
+                    }
+                    2 => {
+                        // A whole directory moves between two parents.
+                        let (a, b) = (p.join(d(&mut rng)).join("sub"), p.join(d(&mut rng)).join("sub"));
+                        if a.exists() && !b.exists() {
+                            fs::rename(&a, &b).unwrap();
+                        } else if !a.exists() && !b.exists() {
+                            fs::create_dir(&a).unwrap();
+                            fs::write(a.join("inside"), format!("made {n}")).unwrap();
+                        }
+                    }
+                    3 => {
+                        let dir = p.join(d(&mut rng));
+                        if let Some(e) = fs::read_dir(&dir)
+                            .unwrap()
+                            .flatten()
+                            .find(|e| e.file_name() != "log" && e.file_type().unwrap().is_file())
+                        {
+                            let _ = fs::remove_file(e.path());
+                        }
+                    }
+                    4 => {
+                        // Rewrite in place at a known offset.
+                        let dir = p.join(d(&mut rng));
+                        if let Some(e) =
+                            fs::read_dir(&dir).unwrap().flatten().find(|e| e.file_type().unwrap().is_file())
+                        {
+                            if let Ok(f) = OpenOptions::new().write(true).open(e.path()) {
+                                f.write_all_at(format!("overwritten {n}").as_bytes(), 10).unwrap();
+                            }
+                        }
+                    }
+                    5 => {
+                        let name = p.join(d(&mut rng)).join(format!("dir{n}"));
+                        fs::create_dir(&name).unwrap();
+                        fs::write(name.join("x"), b"x").unwrap();
+                    }
+                    6 => {
+                        // Rename a whole top directory away and back (its subtree's paths change).
+                        let a = p.join(d(&mut rng));
+                        let tmp = p.join(format!("moving{n}"));
+                        fs::rename(&a, &tmp).unwrap();
+                        fs::rename(&tmp, &a).unwrap();
+                    }
+                    _ => {
+                        let dir = p.join(d(&mut rng));
+                        if let Some(e) =
+                            fs::read_dir(&dir).unwrap().flatten().find(|e| e.file_type().unwrap().is_file())
+                        {
+                            let _ = fs::hard_link(e.path(), dir.join(format!("hl{n}")));
+                        }
+                    }
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    Writers { stop, threads }
+}
+
+/// (2) The race: writers change the tree through the mount during the whole sync (and a little
+/// after); the replay of every op recorded (sync and application) into an empty directory gives
+/// the primary's tree exactly. Several timings.
+#[test]
+fn full_sync_races_with_writers_and_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    for (round, (before_ms, after_ms)) in [(0u64, 0u64), (30, 50), (150, 10), (5, 200)].into_iter().enumerate() {
+        let a = area();
+        let p = a.primary.clone();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ round as u64);
+        // The tree before the mount: one 64 MiB file, ~400 small files in 10 directories.
+        let big = File::create(p.join("big")).unwrap();
+        for i in 0..64u64 {
+            big.write_all_at(&rng.bytes(1 << 20), i << 20).unwrap();
+        }
+        drop(big);
+        for d in 0..10 {
+            fs::create_dir(p.join(format!("d{d}"))).unwrap();
+            for f in 0..40 {
+                let len = 100 + rng.below(30000) as usize;
+                fs::write(p.join(format!("d{d}/f{f}")), rng.bytes(len)).unwrap();
+            }
+            fs::create_dir(p.join(format!("d{d}/deep"))).unwrap();
+            fs::write(p.join(format!("d{d}/deep/leaf")), rng.bytes(5000)).unwrap();
+        }
+        fs::create_dir(p.join("logs")).unwrap();
+        fs::write(p.join("logs/log"), b"").unwrap();
+
+        let fsys = ReplicatedFs::mount(&p, MountOptions::new(format!("race{round}")), None).unwrap();
+        let big = OpenOptions::new().read(true).write(true).open(p.join("big")).unwrap();
+        let w = start_writers(&p, 1000 + round as u64, big);
+        std::thread::sleep(Duration::from_millis(before_ms));
+        let sink = Arc::new(RecordingSink { received_delay: Duration::from_millis(40), ..Default::default() });
+        fsys.attach_empty_secondary(sink.clone());
+        let start = Instant::now();
+        let result = fsys.full_sync(&mut |_| {}).unwrap();
+        let took = start.elapsed();
+        std::thread::sleep(Duration::from_millis(after_ms));
+        w.stop.store(true, Ordering::Relaxed);
+        let counts: Vec<u64> = w.threads.into_iter().map(|t| t.join().unwrap()).collect();
+        // Every descriptor closed: the releases reach the layer before the unmount.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fsys.open_files() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(fsys);
+        let ops = sink.take();
+        println!(
+            "round {round}: sync {took:?} ({} files, {} dirs, {} MiB), writers did {counts:?}, {} ops",
+            result.files,
+            result.dirs,
+            result.bytes >> 20,
+            ops.len()
+        );
+        if let Ok(dump) = std::env::var("TANDEM_DUMP_OPS") {
+            let text: Vec<String> = ops
+                .iter()
+                .map(|o| match o {
+                    Op::Write { fh, offset, data } => format!("Write {fh} {offset} {}", data.len()),
+                    o => format!("{o:?}"),
+                })
+                .collect();
+            fs::write(format!("{dump}.{round}"), text.join("\n")).unwrap();
+        }
+        replay(&ops, &a.replica);
+        let options = DiffOptions { file_mtime: true, dir_mtime: false, allocated: false };
+        assert_identical(&p, &a.replica, &[], &options);
+        // The log holds every record, in order.
+        let log = fs::read_to_string(p.join("logs/log")).unwrap();
+        assert_eq!(log.lines().count() as u64, counts[1]);
+    }
+}
