@@ -128,3 +128,55 @@ fn no_acknowledged_write_is_lost_when_the_primary_loses_power() {
     }
     println!("{rounds} rounds in {:.1} s", t.elapsed().as_secs_f64());
 }
+
+/// Runs a writer on the primary (an fsync'd append every 10 ms) for `secs` seconds while `fault`
+/// happens to the secondary; returns the longest time one write+fsync took and the count.
+fn longest_write_during(c: &Cluster, secs: u32, fault: impl FnOnce()) -> (Duration, usize) {
+    let writer = format!(
+        r#"import os, time
+fd = os.open('/srv/web/latency', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+end = time.time() + {secs}
+worst = 0.0
+n = 0
+while time.time() < end:
+    t = time.time()
+    os.write(fd, b'x' * 512)
+    os.fsync(fd)
+    worst = max(worst, time.time() - t)
+    n += 1
+    time.sleep(0.01)
+print(worst, n)
+"#
+    );
+    let child = c.command("n1", &["python3", "-c", &writer]).stdout(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    fault();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace();
+    let worst: f64 = it.next().and_then(|v| v.parse().ok()).expect("writer output");
+    let n: usize = it.next().and_then(|v| v.parse().ok()).unwrap();
+    (Duration::from_secs_f64(worst), n)
+}
+
+#[test]
+fn a_lost_secondary_never_blocks_the_application_past_the_timeout() {
+    let mut c = replicated_cluster("rb");
+    // The replication timeout of a module with the default 1 s heartbeat timeout is 5 s; the
+    // application is released earlier, as soon as the peer is declared lost (1 s).
+    let bound = Duration::from_secs(5) + Duration::from_millis(500);
+    let (worst, n) = longest_write_during(&c, 5, || c.lab().cut("n2", None).unwrap());
+    println!("cut of the secondary: {n} fsync'd writes, the longest took {:.3} s", worst.as_secs_f64());
+    assert!(worst < bound, "a write blocked {worst:?}");
+    assert_eq!(c.state("n1"), 2, "the primary continues ALONE");
+    c.lab().heal("n2", None).unwrap();
+    c.wait_state("n1", 3, Duration::from_secs(60));
+
+    let (worst, n) = longest_write_during(&c, 5, || {
+        c.lab().kill("n2").unwrap();
+    });
+    c.forget_daemon("n2");
+    println!("power loss of the secondary: {n} fsync'd writes, the longest took {:.3} s", worst.as_secs_f64());
+    assert!(worst < bound, "a write blocked {worst:?}");
+    assert_eq!(c.state("n1"), 2);
+}
