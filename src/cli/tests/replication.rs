@@ -82,23 +82,32 @@ while True:
     let mut child =
         c.command(primary, &["python3", "-c", writer]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let acked = std::thread::spawn(move || {
-        let mut last = 0usize;
+    // Records acknowledged so far, published as they arrive.
+    let last = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = last.clone();
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             match line.ok().and_then(|l| l.trim().parse::<usize>().ok()) {
-                Some(n) => last = n,
+                Some(n) => seen.store(n, std::sync::atomic::Ordering::SeqCst),
                 None => break,
             }
         }
-        last
     });
-    // A pseudo-random moment between 0.3 and 1.5 s.
+    // The writer must be writing before the clock starts (python's start-up is slow on a loaded
+    // machine); a first fsync that never returns would be a bug of its own.
+    let started = Instant::now();
+    while last.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "round {round}: the writer's first fsync never returned");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Then a pseudo-random moment between 0.3 and 1.5 s.
     let wait = 300 + (std::process::id() as u64 * 7919 + round as u64 * 104_729) % 1200;
     std::thread::sleep(Duration::from_millis(wait));
     c.lab().kill(primary).unwrap();
     let _ = child.wait();
     c.forget_daemon(primary);
-    let acked = acked.join().unwrap();
+    reader.join().unwrap();
+    let acked = last.load(std::sync::atomic::Ordering::SeqCst);
     assert!(acked > 0, "round {round}: the writer acknowledged nothing");
     c.wait_state(secondary, 2, Duration::from_secs(10));
     let records = c.sh(secondary, "cat /srv/web/records");
