@@ -146,6 +146,9 @@ fn print_table(modules: &[ModuleStatus]) {
             },
             if peers.is_empty() { "-".to_string() } else { peers.join("; ") }
         );
+        if let Some(r) = &m.replication {
+            println!("{:<16} {r}", "");
+        }
         let dropped: u64 = m.dropped.values().sum();
         if dropped > 0 {
             let reasons: Vec<String> = m.dropped.iter().map(|(k, v)| format!("{k} {v}")).collect();

@@ -57,6 +57,8 @@ sync"#;
     let (a, b) = (listing(&c, "n1"), listing(&c, "n2"));
     assert!(a.lines().count() > 200, "{a}");
     assert_eq!(a, b, "the two copies differ");
+    let log = c.log("n1");
+    assert!(log.contains("full copy done: "), "{log}");
     // Excluded files stay local.
     assert!(c.run("n2", &["test", "-e", "/srv/web/ignored.tmp"]).status.code() == Some(1));
     // The secondary's copy is read-only for the application.

@@ -82,6 +82,9 @@ pub struct ModuleStatus {
     /// Heartbeat packets dropped, by reason.
     pub dropped: BTreeMap<String, u64>,
     pub accepted: u64,
+    /// Replication: the full copy in progress (primary), if any.
+    #[serde(default)]
+    pub replication: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -94,6 +94,8 @@ pub struct Driver<V: VipOps> {
     accepted: u64,
     last_drop_report: Option<Instant>,
     reported_drops: u64,
+    progress: Option<String>,
+    last_progress_log: Option<Instant>,
 }
 
 impl<V: VipOps> Driver<V> {
@@ -127,6 +129,7 @@ impl<V: VipOps> Driver<V> {
             peers: Vec::new(),
             dropped: BTreeMap::new(),
             accepted: 0,
+            replication: None,
         };
         let (status_tx, status_rx) = watch::channel(status);
         let d = Driver {
@@ -149,6 +152,8 @@ impl<V: VipOps> Driver<V> {
             accepted: 0,
             last_drop_report: None,
             reported_drops: 0,
+            progress: None,
+            last_progress_log: None,
         };
         (d, body_rx, status_rx)
     }
@@ -224,11 +229,21 @@ impl<V: VipOps> Driver<V> {
     fn repl_event(&mut self, ev: ReplEvent) {
         match ev {
             ReplEvent::Note(line) => self.log.append("INFO", &line),
+            ReplEvent::Progress(line) => {
+                if self.last_progress_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                    self.log.append("INFO", &line);
+                    self.last_progress_log = Some(Instant::now());
+                }
+                self.progress = Some(line);
+                self.update_status();
+            }
             ReplEvent::Synced { join_seq } => {
+                self.progress = None;
                 self.log.append("INFO", &format!("the secondary's copy is complete (join {join_seq})"));
                 self.body_tx.send_modify(|b| b.synced_join = Some(join_seq));
             }
             ReplEvent::Broken { reason, connection_loss } => {
+                self.progress = None;
                 let second = matches!(&self.machine, Machine::Mirror(m) if m.status().state == State::Second);
                 if second && connection_loss {
                     // The primary may be dead: heartbeats decide (failover), not the stream.
@@ -549,6 +564,7 @@ impl<V: VipOps> Driver<V> {
             .map(|d| (d.name().to_string(), self.opener.drops(*d)))
             .collect();
         s.accepted = self.accepted;
+        s.replication = self.progress.clone();
         self.status_tx.send_replace(s);
     }
 }

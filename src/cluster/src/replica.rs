@@ -26,8 +26,10 @@ pub enum ReplEvent {
     Broken { reason: String, connection_loss: bool },
     /// The full copy for this join is applied on the secondary.
     Synced { join_seq: u64 },
-    /// A line for the module log (progress of a copy).
+    /// A line for the module log.
     Note(String),
+    /// How far the full copy is (shown by `tandem state`, logged every few seconds).
+    Progress(String),
 }
 
 pub struct ReplicaSpec {
@@ -211,14 +213,9 @@ impl Replica {
                 let started = Instant::now();
                 let mut last_note = Instant::now();
                 let result = fs.full_sync(&mut |p| {
-                    if last_note.elapsed() >= Duration::from_secs(2) {
+                    if last_note.elapsed() >= Duration::from_millis(500) {
                         last_note = Instant::now();
-                        let _ = tx.try_send(Msg::Repl(ReplEvent::Note(format!(
-                            "full copy: {} files, {} MiB of about {} MiB",
-                            p.files,
-                            p.bytes >> 20,
-                            p.total_bytes_estimate >> 20
-                        ))));
+                        let _ = tx.try_send(Msg::Repl(ReplEvent::Progress(progress_line(p))));
                     }
                 });
                 let totals = match result {
@@ -360,6 +357,23 @@ impl Drop for Replica {
     }
 }
 
+/// "full copy: 120 files, 40 of about 64 MiB (62 %), 35 MiB/s, about 1 s left".
+pub fn progress_line(p: &tandem_replication::fs::SyncProgress) -> String {
+    let secs = p.elapsed.as_secs_f64().max(0.001);
+    let rate = p.bytes as f64 / secs;
+    let total = p.total_bytes_estimate.max(p.bytes);
+    let pct = if total == 0 { 100 } else { p.bytes * 100 / total };
+    let left = if rate > 0.0 { (total - p.bytes) as f64 / rate } else { 0.0 };
+    format!(
+        "full copy: {} files, {} of about {} MiB ({pct} %), {:.0} MiB/s, about {:.0} s left",
+        p.files,
+        p.bytes >> 20,
+        total >> 20,
+        rate / 1048576.0,
+        left.ceil()
+    )
+}
+
 /// Removes everything inside `dir` (not `dir` itself, which may be a mount point).
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
@@ -405,4 +419,22 @@ fn unprotect(dir: &Path, staging: &Path) {
         }
     }
     let _ = std::fs::remove_dir(staging);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_replication::fs::SyncProgress;
+
+    #[test]
+    fn progress_line_says_files_bytes_rate_and_time_left() {
+        let p = SyncProgress {
+            files: 120,
+            dirs: 4,
+            bytes: 40 << 20,
+            total_bytes_estimate: 80 << 20,
+            elapsed: Duration::from_secs(2),
+        };
+        assert_eq!(progress_line(&p), "full copy: 120 files, 40 of about 80 MiB (50 %), 20 MiB/s, about 2 s left");
+    }
 }
