@@ -105,6 +105,31 @@ pub fn admin(target: Target, command: Admin) -> anyhow::Result<u8> {
     })
 }
 
+/// `tandem verify`: exit 0 when both copies are identical, 1 when they differ (each difference
+/// printed), 10 when the comparison could not be made.
+pub fn verify(target: Target) -> anyhow::Result<u8> {
+    let req = Request::Verify { module: target.module.clone() };
+    Ok(match ask(&target.socket, &req, ADMIN_TIMEOUT) {
+        Err(code) => code,
+        Ok(Response::Verified { entries, bytes, differences }) if differences.is_empty() => {
+            println!(
+                "{}: the copies are identical ({entries} entries, {} MiB compared by blake3)",
+                target.module,
+                bytes >> 20
+            );
+            0
+        }
+        Ok(Response::Verified { differences, .. }) => {
+            for d in &differences {
+                println!("{d}");
+            }
+            eprintln!("{}: {} difference(s) between the copies", target.module, differences.len());
+            EXIT_REFUSED
+        }
+        Ok(other) => failed(other),
+    })
+}
+
 pub fn second(args: SecondArgs) -> anyhow::Result<u8> {
     admin(args.target, Admin::Second { fullsync: args.fullsync })
 }

@@ -43,6 +43,8 @@ enum Command {
     Primforce(Target),
     /// Allow or forbid automatic failover of a module.
     Failover(control_cmd::FailoverArgs),
+    /// Compare both copies of a module's replicated directory by blake3 (on the primary).
+    Verify(Target),
     /// Show a module's event log.
     Log(control_cmd::LogArgs),
     /// Create a cluster: cluster.toml and a new key.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Primforce(t) => control_cmd::admin(t, Admin::PrimForce),
         Command::Failover(args) => control_cmd::failover(args),
         Command::Log(args) => control_cmd::log(args),
+        Command::Verify(t) => control_cmd::verify(t),
         Command::Cluster(args) => daemon_cmd::run_cluster(args),
         Command::Config(args) => config_cmd::run(args),
         Command::Lab(args) => lab_cmd::run(args),

@@ -57,6 +57,19 @@ sync"#;
     let (a, b) = (listing(&c, "n1"), listing(&c, "n2"));
     assert!(a.lines().count() > 200, "{a}");
     assert_eq!(a, b, "the two copies differ");
+    // `tandem verify` agrees (blake3 per block), and finds a difference made behind its back.
+    let out = c.admin("n1", &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the copies are identical"), "{text}");
+    c.sh("n2", "printf 'Z' | dd of=/run/tandem/replica/web/big bs=1 seek=3000000 conv=notrunc status=none");
+    let out = c.admin("n1", &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("big") && text.contains("block"), "{text}");
+    let out = c.admin("n2", &["verify"]);
+    assert_eq!(out.status.code(), Some(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not primary"));
     let log = c.log("n1");
     assert!(log.contains("full copy done: "), "{log}");
     // Excluded files stay local.

@@ -28,6 +28,10 @@ pub enum Request {
         since: u64,
         tail: usize,
     },
+    /// Compare both copies of the module's replicated directory by blake3 (run on the primary).
+    Verify {
+        module: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +57,12 @@ pub enum Response {
     Log {
         lines: Vec<String>,
         next: u64,
+    },
+    /// `Verify`: what was compared and every difference found (none: identical).
+    Verified {
+        entries: u64,
+        bytes: u64,
+        differences: Vec<String>,
     },
 }
 

@@ -41,6 +41,9 @@ pub enum Msg {
         command: Admin,
         reply: oneshot::Sender<Response>,
     },
+    Verify {
+        reply: oneshot::Sender<Response>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -177,6 +180,7 @@ impl<V: VipOps> Driver<V> {
                     None => return,
                     Some(Msg::Packet { data, network }) => self.packet(&data, network),
                     Some(Msg::Repl(ev)) => self.repl_event(ev),
+                    Some(Msg::Verify { reply }) => self.verify(reply),
                     Some(Msg::Admin { command, reply }) => {
                         let r = self.admin(command).await;
                         let _ = reply.send(r);
@@ -224,6 +228,40 @@ impl<V: VipOps> Driver<V> {
                 Response::Refused { message: refused.to_string() }
             }
         }
+    }
+
+    /// Hashes both copies on a blocking thread: the module keeps running meanwhile.
+    fn verify(&mut self, reply: oneshot::Sender<Response>) {
+        let name = self.cfg.name.clone();
+        let job = match (&self.replica, &self.machine) {
+            (Some(r), Machine::Mirror(m)) if m.status().state.is_serving() => r.verifier(),
+            (Some(_), _) => Err(format!("this node is not primary: run `tandem verify` on the primary of {name}")),
+            (None, _) => Err(format!("module {name} replicates no directory")),
+        };
+        let job = match job {
+            Ok(j) => j,
+            Err(message) => {
+                let _ = reply.send(Response::Error { message });
+                return;
+            }
+        };
+        let log = ModLog::new(&self.dir, crate::modlog::DEFAULT_MAX_BYTES);
+        tokio::task::spawn_blocking(move || {
+            let r = match job() {
+                Ok(v) => {
+                    let line = match v.differences.first() {
+                        None => {
+                            format!("verify: the copies are identical ({} entries, {} MiB)", v.entries, v.bytes >> 20)
+                        }
+                        Some(first) => format!("verify: {} difference(s), first: {first}", v.differences.len()),
+                    };
+                    log.append(if v.differences.is_empty() { "INFO" } else { "WARN" }, &line);
+                    Response::Verified { entries: v.entries as u64, bytes: v.bytes, differences: v.differences }
+                }
+                Err(message) => Response::Error { message: format!("verify of {name}: {message}") },
+            };
+            let _ = reply.send(r);
+        });
     }
 
     fn repl_event(&mut self, ev: ReplEvent) {

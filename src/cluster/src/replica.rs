@@ -32,6 +32,14 @@ pub enum ReplEvent {
     Progress(String),
 }
 
+/// The outcome of `tandem verify`.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub entries: usize,
+    pub bytes: u64,
+    pub differences: Vec<String>,
+}
+
 pub struct ReplicaSpec {
     pub module: String,
     pub module_id: u8,
@@ -331,6 +339,33 @@ impl Replica {
     }
 
     /// Leaving SECOND: stop the receiver, give the directory back (writable) to this node.
+    /// `tandem verify`, on the primary: blake3 manifests of both copies (the secondary's once every
+    /// change made before the call is applied there) and their differences, excluded names aside.
+    /// Blocking: run it off the driver's task.
+    pub fn verifier(&self) -> Result<impl FnOnce() -> Result<Verified, String> + Send + 'static, String> {
+        let sender = self
+            .sender_slot
+            .as_ref()
+            .and_then(|s| s.lock().unwrap().clone())
+            .ok_or_else(|| "no secondary is connected: verify needs PRIM (or a SECOND catching up)".to_string())?;
+        let dir = self.spec.dir.clone();
+        let exclusions =
+            tandem_replication::fs::Exclusions::new(&self.spec.exclude).map_err(|e| format!("exclusions: {e}"))?;
+        Ok(move || {
+            let remote = sender
+                .verify(Duration::from_secs(600))
+                .map_err(|e| format!("secondary: {e}"))?
+                .map_err(|e| format!("secondary's manifest: {e}"))?;
+            let mut local =
+                tandem_replication::manifest::build(&dir).map_err(|e| format!("primary's manifest: {e}"))?;
+            local.entries.retain(|path, _| !exclusions.is_excluded(&path.0));
+            let differences: Vec<String> =
+                tandem_replication::manifest::diff(&local, &remote).iter().map(|d| d.to_string()).collect();
+            let bytes = local.entries.values().map(|e| e.size).sum();
+            Ok(Verified { entries: local.entries.len(), bytes, differences })
+        })
+    }
+
     pub fn is_second(&self) -> bool {
         self.secondary.is_some()
     }
@@ -362,7 +397,7 @@ pub fn progress_line(p: &tandem_replication::fs::SyncProgress) -> String {
     let secs = p.elapsed.as_secs_f64().max(0.001);
     let rate = p.bytes as f64 / secs;
     let total = p.total_bytes_estimate.max(p.bytes);
-    let pct = if total == 0 { 100 } else { p.bytes * 100 / total };
+    let pct = (p.bytes * 100).checked_div(total).unwrap_or(100);
     let left = if rate > 0.0 { (total - p.bytes) as f64 / rate } else { 0.0 };
     format!(
         "full copy: {} files, {} of about {} MiB ({pct} %), {:.0} MiB/s, about {:.0} s left",

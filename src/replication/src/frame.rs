@@ -69,6 +69,17 @@ pub enum Frame {
     /// The primary ends the stream deliberately (nothing follows): tells a clean stop from a
     /// connection that ended because the primary died.
     Bye,
+    /// `tandem verify` (primary → secondary): once every operation sent before it is applied,
+    /// answer with the manifest of the copy.
+    Verify {
+        id: u64,
+    },
+    /// The answer to `Verify` (secondary → primary): the manifest, or why it could not be built.
+    /// One frame: trees whose manifest exceeds the frame limit cannot be verified yet.
+    Manifest {
+        id: u64,
+        manifest: Result<crate::manifest::Manifest, String>,
+    },
 }
 
 impl Frame {
@@ -81,6 +92,8 @@ impl Frame {
             Frame::Ack { .. } => "Ack",
             Frame::Error { .. } => "Error",
             Frame::Bye => "Bye",
+            Frame::Verify { .. } => "Verify",
+            Frame::Manifest { .. } => "Manifest",
         }
     }
 }

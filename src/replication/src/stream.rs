@@ -204,6 +204,10 @@ struct State {
     flush_upto: u64,
     broken: Option<Arc<ReplError>>,
     closing: bool,
+    /// `Verify` requests to send once everything up to their seq is sent: (id, upto).
+    verify_pending: VecDeque<(u64, u64)>,
+    verify_results: std::collections::HashMap<u64, Result<crate::manifest::Manifest, String>>,
+    next_verify: u64,
 }
 
 struct Shared {
@@ -281,6 +285,9 @@ impl Sender {
                 flush_upto: 0,
                 broken: None,
                 closing: false,
+                verify_pending: VecDeque::new(),
+                verify_results: std::collections::HashMap::new(),
+                next_verify: 1,
             }),
             acked: Condvar::new(),
             work: Condvar::new(),
@@ -373,6 +380,35 @@ impl Sender {
 
     /// Blocks until the stream breaks or `timeout` passes; returns the cause if it broke. For the
     /// daemon, which reports the break to the machine.
+    /// `tandem verify`: the manifest of the secondary's copy once every operation submitted before
+    /// this call is applied there. A timeout does not break the stream.
+    pub fn verify(&self, timeout: Duration) -> Result<Result<crate::manifest::Manifest, String>, ReplError> {
+        let deadline = Instant::now() + timeout;
+        let peer = self.shared.peer;
+        let mut st = self.shared.lock();
+        if let Some(cause) = &st.broken {
+            return Err(ReplError::Broken { peer, cause: cause.clone() });
+        }
+        let id = st.next_verify;
+        st.next_verify += 1;
+        let upto = st.next_seq - 1;
+        st.verify_pending.push_back((id, upto));
+        self.shared.work.notify_all();
+        loop {
+            if let Some(r) = st.verify_results.remove(&id) {
+                return Ok(r);
+            }
+            if let Some(cause) = &st.broken {
+                return Err(ReplError::Broken { peer, cause: cause.clone() });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ReplError::Timeout { peer, seq: upto, level: AckLevel::Written, timeout });
+            }
+            st = self.shared.acked.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
     pub fn wait_broken(&self, timeout: Duration) -> Option<Arc<ReplError>> {
         let deadline = Instant::now() + timeout;
         let mut st = self.shared.lock();
@@ -438,13 +474,14 @@ impl Drop for Sender {
 fn send_loop(shared: &Shared, mut w: ChannelWriter) {
     let peer = shared.peer;
     loop {
-        let (first_seq, ops, flush) = {
+        let (first_seq, ops, flush, verifies) = {
             let mut st = shared.lock();
             loop {
                 if st.broken.is_some() {
                     return;
                 }
-                if !st.queue.is_empty() || (st.flush_pending && st.sent >= st.flush_upto) {
+                let verify_due = st.verify_pending.front().is_some_and(|&(_, upto)| st.sent >= upto);
+                if !st.queue.is_empty() || (st.flush_pending && st.sent >= st.flush_upto) || verify_due {
                     break;
                 }
                 if st.closing {
@@ -473,7 +510,15 @@ fn send_loop(shared: &Shared, mut w: ChannelWriter) {
             if flush {
                 st.flush_pending = false;
             }
-            (first_seq, ops, flush)
+            let mut verifies = Vec::new();
+            while let Some(&(id, upto)) = st.verify_pending.front() {
+                if st.sent < upto {
+                    break;
+                }
+                verifies.push(id);
+                st.verify_pending.pop_front();
+            }
+            (first_seq, ops, flush, verifies)
         };
         let mut r = Ok(());
         if !ops.is_empty() {
@@ -481,6 +526,11 @@ fn send_loop(shared: &Shared, mut w: ChannelWriter) {
         }
         if r.is_ok() && flush {
             r = w.write_frame(&Frame::Flush);
+        }
+        for id in verifies {
+            if r.is_ok() {
+                r = w.write_frame(&Frame::Verify { id });
+            }
         }
         let r = r.and_then(|_| w.flush().map_err(FrameError::Io));
         if let Err(source) = r {
@@ -507,6 +557,11 @@ fn ack_loop(shared: &Shared, mut r: ChannelReader) {
                     shared.acked.notify_all();
                     continue;
                 }
+            }
+            Ok(Some(Frame::Manifest { id, manifest })) => {
+                st.verify_results.insert(id, manifest);
+                shared.acked.notify_all();
+                continue;
             }
             Ok(Some(Frame::Error { message })) => ReplError::Peer { peer, message },
             Ok(Some(other)) => ReplError::Protocol { peer, detail: format!("unexpected {} frame", other.kind()) },
@@ -546,11 +601,14 @@ pub struct Receiver {
     writer: ChannelWriter,
     applier: Applier,
     peer_hello: Hello,
+    /// The replica root, for the manifests `Verify` asks for.
+    root: std::path::PathBuf,
 }
 
 enum Work {
     Batch { first_seq: u64, ops: Vec<Op> },
     Flush,
+    Verify { id: u64 },
 }
 
 impl Receiver {
@@ -596,7 +654,7 @@ impl Receiver {
             }
         };
         tracing::info!(%peer, node = %peer_hello.from, root = %root.display(), "replication stream accepted");
-        Ok(Receiver { reader, writer, applier, peer_hello })
+        Ok(Receiver { reader, writer, applier, peer_hello, root: root.to_path_buf() })
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -615,7 +673,7 @@ impl Receiver {
     /// goes wrong (`Err`, logged; the connection is closed and the rest is never applied).
     pub fn run(self) -> Result<ReceiverStats, ReplError> {
         let peer = self.peer();
-        let Receiver { mut reader, writer, applier, .. } = self;
+        let Receiver { mut reader, writer, applier, root, .. } = self;
         let sock = reader.shutdown_handle().map_err(|source| ChannelError::Io { peer, source })?;
         let writer = Arc::new(Mutex::new(writer));
         let (tx, rx) = mpsc::sync_channel::<Work>(APPLY_QUEUE);
@@ -624,7 +682,7 @@ impl Receiver {
         let applier_thread = thread::Builder::new()
             .name("repl-apply".into())
             .spawn(move || {
-                let r = apply_loop(peer, applier, rx, &w2);
+                let r = apply_loop(peer, applier, &root, rx, &w2);
                 if r.is_err() {
                     // Stop the reader too: nothing more will be applied.
                     let _ = sock2.shutdown(Shutdown::Both);
@@ -660,6 +718,11 @@ impl Receiver {
                 }
                 Frame::Flush => {
                     if tx.send(Work::Flush).is_err() {
+                        break Ok(());
+                    }
+                }
+                Frame::Verify { id } => {
+                    if tx.send(Work::Verify { id }).is_err() {
                         break Ok(());
                     }
                 }
@@ -712,6 +775,7 @@ impl Receiver {
 fn apply_loop(
     peer: SocketAddr,
     mut applier: Applier,
+    root: &Path,
     rx: mpsc::Receiver<Work>,
     writer: &Mutex<ChannelWriter>,
 ) -> Result<ReceiverStats, ReplError> {
@@ -749,6 +813,10 @@ fn apply_loop(
                 if !durable_at_end {
                     send(Frame::Ack { seq: stats.last_applied, level: AckLevel::Written })?;
                 }
+            }
+            Work::Verify { id } => {
+                let manifest = crate::manifest::build(root).map_err(|e| e.to_string());
+                send(Frame::Manifest { id, manifest })?;
             }
             Work::Flush => {
                 applier.sync().map_err(|source| {

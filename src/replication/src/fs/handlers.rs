@@ -746,6 +746,7 @@ impl Inner {
                 self.sync_mark_listed(key_of(&st));
             }
             let (uid, gid) = (st.st_uid, st.st_gid);
+            let symlink = matches!(what, NewNode::Symlink { .. });
             let op = match what {
                 NewNode::Dir { .. } => Op::Mkdir { path: rel(&p), mode: st.st_mode & 0o7777, uid, gid },
                 NewNode::Node { .. } => {
@@ -754,6 +755,13 @@ impl Inner {
                 NewNode::Symlink { target } => Op::Symlink { path: rel(&p), target: target.to_vec(), uid, gid },
             };
             self.push(&mut last, op);
+            // A symlink's times cannot be changed through it later (utimes follows it): send the
+            // time it was created with, so both copies hold the same.
+            if symlink {
+                let atime = time_set(st.st_atime, st.st_atime_nsec);
+                let mtime = time_set(st.st_mtime, st.st_mtime_nsec);
+                self.push(&mut last, Op::SetTimes { path: rel(&p), atime, mtime });
+            }
         }
         Ok((to_attr(ino, &st), last))
     }
@@ -1024,19 +1032,23 @@ impl Inner {
 
     fn do_fsync(&self, fh: u64, datasync: bool) -> SysResult<Pending> {
         let file = self.file(fh)?;
-        // The local flush runs outside the order lock: it may take milliseconds.
-        sys::fsync(file.fd.as_fd(), datasync)?;
-        let _g = self.order();
-        let path = self.inodes().path(file.ino);
-        let handle = self.replicated_handle_of(file.ino, Some(fh));
         let mut last = None;
-        match (handle, path) {
-            (Some(h), _) => self.push(&mut last, Op::Fsync { fh: Some(h), datasync }),
-            // No handle open on the secondary for this file (e.g. fsync on a read-only
-            // descriptor after writing through another one): sync the whole directory there.
-            (None, Some(p)) if self.replicates(&p) => self.push(&mut last, Op::Fsync { fh: None, datasync }),
-            _ => {}
+        {
+            let _g = self.order();
+            let path = self.inodes().path(file.ino);
+            let handle = self.replicated_handle_of(file.ino, Some(fh));
+            match (handle, path) {
+                (Some(h), _) => self.push(&mut last, Op::Fsync { fh: Some(h), datasync }),
+                // No handle open on the secondary for this file (e.g. fsync on a read-only
+                // descriptor after writing through another one): sync the whole directory there.
+                (None, Some(p)) if self.replicates(&p) => self.push(&mut last, Op::Fsync { fh: None, datasync }),
+                _ => {}
+            }
         }
+        // The secondary's fsync is queued first, so both disks flush at the same time instead of
+        // one after the other; the reply still waits for both (the local one here, outside the
+        // order lock as it may take milliseconds, the secondary's acknowledgement after).
+        sys::fsync(file.fd.as_fd(), datasync)?;
         Ok(last)
     }
 
