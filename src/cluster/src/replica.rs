@@ -58,6 +58,27 @@ pub struct ReplicaSpec {
     pub staging: PathBuf,
 }
 
+impl ReplicaSpec {
+    /// What this node says and expects at the start of the stream of join `join_seq`: both ends
+    /// check the cluster, the module, the peer's name and the join, so a stale stream is refused.
+    fn greeting(&self, join_seq: u64) -> (tandem_replication::frame::Hello, Expect) {
+        let hello = tandem_replication::frame::Hello {
+            version: tandem_replication::frame::WIRE_VERSION,
+            cluster: self.cluster.clone(),
+            module_id: self.module_id,
+            from: self.node.clone(),
+            join_seq,
+        };
+        let expect = Expect {
+            cluster: self.cluster.clone(),
+            module_id: self.module_id,
+            peer: Some(self.peer.clone()),
+            join_seq: Some(join_seq),
+        };
+        (hello, expect)
+    }
+}
+
 /// The sink the FUSE layer writes into: the replication stream, with the module's timeout. The
 /// first failure is reported to the driver once; the application is never held longer.
 struct StreamSink {
@@ -173,19 +194,7 @@ impl Replica {
         };
         let spec = &self.spec;
         let (peer_addr, key, timeout, tx) = (spec.peer_addr, spec.key.clone(), spec.timeout, self.tx.clone());
-        let hello = tandem_replication::frame::Hello {
-            version: tandem_replication::frame::WIRE_VERSION,
-            cluster: spec.cluster.clone(),
-            module_id: spec.module_id,
-            from: spec.node.clone(),
-            join_seq,
-        };
-        let expect = Expect {
-            cluster: spec.cluster.clone(),
-            module_id: spec.module_id,
-            peer: Some(spec.peer.clone()),
-            join_seq: Some(join_seq),
-        };
+        let (hello, expect) = spec.greeting(join_seq);
         let slot: Arc<Mutex<Option<Arc<Sender>>>> = Arc::new(Mutex::new(None));
         let slot2 = slot.clone();
         let module = spec.module.clone();
@@ -279,19 +288,7 @@ impl Replica {
         let quit = Arc::new(AtomicBool::new(false));
         let stopper: Arc<Mutex<Option<Stopper>>> = Arc::new(Mutex::new(None));
         let (quit2, stopper2, tx) = (quit.clone(), stopper.clone(), self.tx.clone());
-        let hello = tandem_replication::frame::Hello {
-            version: tandem_replication::frame::WIRE_VERSION,
-            cluster: spec.cluster.clone(),
-            module_id: spec.module_id,
-            from: spec.node.clone(),
-            join_seq,
-        };
-        let expect = Expect {
-            cluster: spec.cluster.clone(),
-            module_id: spec.module_id,
-            peer: Some(spec.peer.clone()),
-            join_seq: Some(join_seq),
-        };
+        let (hello, expect) = spec.greeting(join_seq);
         let (key, root) = (spec.key.clone(), spec.staging.clone());
         std::thread::Builder::new()
             .name(format!("repl-recv-{}", spec.module))
