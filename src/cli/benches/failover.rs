@@ -44,6 +44,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+mod common;
+use common::*;
 use tandem_lab::{Lab, LabSpec};
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
@@ -196,7 +199,7 @@ struct Sample {
 }
 
 fn bench() -> Result<bool> {
-    require_root()?;
+    require_root("failover")?;
     set_child_subreaper();
     let runs: usize = match std::env::var("BENCH_RUNS") {
         Ok(v) => {
@@ -537,25 +540,6 @@ fn start_keepalived(lab: &Lab, guard: &mut LabGuard, dir: &Path, advert: &str) -
 // ---------------------------------------------------------------------------------------------
 // tandem
 
-fn cluster_toml() -> String {
-    "name = \"bench\"
-key_file = \"/etc/tandem/cluster.key\"
-
-[[network]]
-name = \"net0\"
-replication = true
-
-[[node]]
-name = \"n1\"
-addresses = { net0 = \"198.18.0.1\" }
-
-[[node]]
-name = \"n2\"
-addresses = { net0 = \"198.18.0.2\" }
-"
-    .to_string()
-}
-
 fn module_toml(pulse: &str, timeout: &str) -> String {
     // No replicated directory and no hooks: the listener runs on both nodes in advance, so the
     // failover is the VIP move alone (as with keepalived).
@@ -587,13 +571,6 @@ fn random_below(max: Duration) -> Result<Duration> {
     File::open("/dev/urandom")?.read_exact(&mut b)?;
     let us = max.as_micros().max(1) as u64;
     Ok(Duration::from_micros(u64::from_le_bytes(b) % us))
-}
-
-/// 64 hexadecimal characters: a 256-bit key.
-fn random_key() -> Result<String> {
-    let mut b = [0u8; 32];
-    File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect::<String>() + "\n")
 }
 
 fn start_tandem(lab: &Lab, guard: &mut LabGuard, dir: &Path, pulse: &str, timeout: &str) -> Result<()> {
@@ -874,18 +851,6 @@ fn text(o: &Output) -> String {
 // ---------------------------------------------------------------------------------------------
 // System calls std does not wrap (glibc is linked anyway)
 
-mod sys {
-    use std::os::raw::{c_int, c_ulong};
-    extern "C" {
-        pub fn setns(fd: c_int, nstype: c_int) -> c_int;
-        pub fn prctl(option: c_int, arg2: c_ulong, arg3: c_ulong, arg4: c_ulong, arg5: c_ulong) -> c_int;
-        pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
-    }
-    pub const CLONE_NEWNET: c_int = 0x4000_0000;
-    pub const PR_SET_CHILD_SUBREAPER: c_int = 36;
-    pub const WNOHANG: c_int = 1;
-}
-
 /// Moves the calling thread (and the threads it spawns later) into a network namespace.
 fn enter_netns(ns: &File) -> Result<()> {
     // SAFETY: a plain system call on a descriptor we own; it affects only this thread.
@@ -895,44 +860,8 @@ fn enter_netns(ns: &File) -> Result<()> {
     Ok(())
 }
 
-/// Orphans of the lab (e.g. keepalived's VRRP child, whose parent dies in the same kill) are
-/// reparented to the bench, which reaps them, instead of to an init that might not.
-fn set_child_subreaper() {
-    // SAFETY: prctl with integer arguments.
-    unsafe {
-        sys::prctl(sys::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
-}
-
-/// Reaps every exited child (called once ours were waited for).
-fn reap_orphans() {
-    let mut status = 0;
-    // SAFETY: waitpid with WNOHANG and a valid pointer.
-    while unsafe { sys::waitpid(-1, &mut status, sys::WNOHANG) } > 0 {}
-}
-
-fn require_root() -> Result<()> {
-    let status = fs::read_to_string("/proc/self/status")?;
-    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("");
-    if euid != "0" {
-        bail!("the failover bench needs root (it builds labs: namespaces, mounts, cgroups)");
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Report
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
 
 fn render(selected: &[Config], results: &BTreeMap<&str, Results>, runs: usize) -> String {
     let mut t = String::new();

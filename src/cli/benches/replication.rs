@@ -36,7 +36,7 @@
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -44,6 +44,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+mod common;
+use common::*;
 use serde_json::Value;
 use tandem_lab::{Lab, LabSpec};
 
@@ -218,7 +221,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 fn bench() -> Result<bool> {
-    require_root()?;
+    require_root("replication")?;
     set_child_subreaper();
     let runs_s = env_or("BENCH_RUNS", "3");
     let runs: usize = runs_s
@@ -318,25 +321,6 @@ impl Drop for LabGuard {
     }
 }
 
-fn cluster_toml() -> String {
-    "name = \"bench\"
-key_file = \"/etc/tandem/cluster.key\"
-
-[[network]]
-name = \"net0\"
-replication = true
-
-[[node]]
-name = \"n1\"
-addresses = { net0 = \"198.18.0.1\" }
-
-[[node]]
-name = \"n2\"
-addresses = { net0 = \"198.18.0.2\" }
-"
-    .to_string()
-}
-
 fn module_toml() -> String {
     // Heartbeat defaults, ack mode `written` (the default), no hooks: only the replication works.
     format!(
@@ -354,13 +338,6 @@ name = \"n2\"
 path = \"{REPL_DIR}\"
 "
     )
-}
-
-/// 64 hexadecimal characters: a 256-bit key.
-fn random_key() -> Result<String> {
-    let mut b = [0u8; 32];
-    File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect::<String>() + "\n")
 }
 
 fn start_tandem(lab: &Lab, guard: &mut LabGuard, dir: &Path) -> Result<()> {
@@ -733,17 +710,6 @@ fn compare_copies(lab: &Lab, dir: &Path) -> Result<usize> {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 /// Median of one figure over the runs of a cell, if every run has it.
 fn med(c: &Cell, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
     let v: Vec<f64> = c.samples.iter().filter_map(&f).collect();
@@ -945,38 +911,3 @@ fn with_logs(e: anyhow::Error, dir: &Path) -> anyhow::Error {
 
 // ---------------------------------------------------------------------------------------------
 // System calls std does not wrap (glibc is linked anyway)
-
-mod sys {
-    use std::os::raw::{c_int, c_ulong};
-    extern "C" {
-        pub fn prctl(option: c_int, arg2: c_ulong, arg3: c_ulong, arg4: c_ulong, arg5: c_ulong) -> c_int;
-        pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
-    }
-    pub const PR_SET_CHILD_SUBREAPER: c_int = 36;
-    pub const WNOHANG: c_int = 1;
-}
-
-/// Orphans of the lab (processes whose parent died in the lab's teardown) are reparented to the
-/// bench, which reaps them.
-fn set_child_subreaper() {
-    // SAFETY: prctl with integer arguments.
-    unsafe {
-        sys::prctl(sys::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
-}
-
-/// Reaps every exited child (called once ours were waited for).
-fn reap_orphans() {
-    let mut status = 0;
-    // SAFETY: waitpid with WNOHANG and a valid pointer.
-    while unsafe { sys::waitpid(-1, &mut status, sys::WNOHANG) } > 0 {}
-}
-
-fn require_root() -> Result<()> {
-    let status = fs::read_to_string("/proc/self/status")?;
-    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("");
-    if euid != "0" {
-        bail!("the replication bench needs root (it builds a lab: namespaces, mounts, cgroups)");
-    }
-    Ok(())
-}
