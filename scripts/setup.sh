@@ -21,6 +21,7 @@ declare -A want=(
   [python3]=python3      # the small TCP service and client of the daemon's lab tests
   [fusermount3]=fuse3    # FUSE mounts of replicated directories
   [getfattr]=attr        # xattrs in the replication tests
+  [fio]=fio              # a mixed random-write load on a replicated directory (tests, benchmark)
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -23,7 +23,7 @@ fn listing(c: &Cluster, node: &str) -> String {
 }
 
 fn replicated_cluster(prefix: &str) -> Cluster {
-    let mut c = Cluster::with_dir(prefix, 1, &DEFAULT_TIMERS, Some(DIR));
+    let mut c = Cluster::with_dirs(prefix, 1, &DEFAULT_TIMERS, &[DIR]);
     // Data present before the first start is copied by the full synchronisation.
     c.sh("n1", "mkdir -p /srv/web/old && echo before > /srv/web/old/file && truncate -s 3M /srv/web/old/sparse");
     c.bring_up_replicated();
@@ -41,6 +41,7 @@ for i in $(seq 1 50); do mv a/b/c/f$i d/g$i; done
 for i in $(seq 51 80); do rm a/b/c/f$i; done
 dd if=/dev/urandom of=big bs=1M count=64 status=none
 dd if=/dev/urandom of=big bs=4k count=10 seek=100 conv=notrunc status=none
+dd if=/dev/urandom of=huge bs=1M count=1024 status=none
 ln d/g1 hardlink
 ln -s d/g2 symlink
 truncate -s 1G sparse
@@ -56,13 +57,14 @@ sync"#;
     assert!(c.sh("n1", "mount").contains("fuse.tandem-web"), "the primary's directory is the FUSE layer");
     let (a, b) = (listing(&c, "n1"), listing(&c, "n2"));
     assert!(a.lines().count() > 200, "{a}");
+    assert!(a.contains("./huge 1073741824"), "the 1 GiB file is in the listing: {a}");
     assert_eq!(a, b, "the two copies differ");
     // `tandem verify` agrees (blake3 per block), and finds a difference made behind its back.
     let out = c.admin("n1", &["verify"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("the copies are identical"), "{text}");
-    c.sh("n2", "printf 'Z' | dd of=/run/tandem/replica/web/big bs=1 seek=3000000 conv=notrunc status=none");
+    c.sh("n2", "printf 'Z' | dd of=/run/tandem/replica/web/0/big bs=1 seek=3000000 conv=notrunc status=none");
     let out = c.admin("n1", &["verify"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -203,4 +205,80 @@ fn a_lost_secondary_never_blocks_the_application_past_the_timeout() {
     println!("power loss of the secondary: {n} fsync'd writes, the longest took {:.3} s", worst.as_secs_f64());
     assert!(worst < bound, "a write blocked {worst:?}");
     assert_eq!(c.state("n1"), 2);
+}
+
+/// A module may replicate several directories: one stream carries them all, each lands in its
+/// own directory on the secondary, and `verify` covers every one.
+#[test]
+fn several_directories_of_one_module_are_replicated_and_verified() {
+    let mut c = Cluster::with_dirs("rm", 1, &DEFAULT_TIMERS, &[DIR, "/srv/data"]);
+    c.sh("n1", "mkdir -p /srv/data/before && echo early > /srv/data/before/f");
+    c.bring_up_replicated();
+    c.sh(
+        "n1",
+        "set -e; echo web > /srv/web/a; mkdir /srv/data/db; echo data > /srv/data/db/b; \
+         ln -s db/b /srv/data/link; mv /srv/web/a /srv/web/a2; chmod 700 /srv/data; sync",
+    );
+    let mounts = c.sh("n1", "mount");
+    assert_eq!(mounts.matches("fuse.tandem-web").count(), 2, "each directory has the FUSE layer: {mounts}");
+    for node in ["n1", "n2"] {
+        assert_eq!(
+            c.sh(node, "cat /srv/web/a2 /srv/data/db/b /srv/data/link /srv/data/before/f"),
+            "web\ndata\ndata\nearly\n"
+        );
+        assert_eq!(c.sh(node, "stat -c %a /srv/data"), "700\n", "the directory's own mode, on {node}");
+        assert!(c.run(node, &["test", "-e", "/srv/web/db"]).status.code() == Some(1), "no mixing on {node}");
+    }
+    let out = c.admin("n1", &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the copies are identical"), "{text}");
+    // A difference in the second directory is named under it.
+    c.sh("n2", "echo changed > /run/tandem/replica/web/1/db/b");
+    let out = c.admin("n1", &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("1/db/b"), "{text}");
+    // Both copies on the secondary are read-only for the application.
+    for d in [DIR, "/srv/data"] {
+        let out = c.run("n2", &["sh", "-c", &format!("echo no > {d}/intruder")]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only"), "{d}");
+    }
+}
+
+/// fio's mixed random reads and writes with fsyncs, from two jobs at once, then `verify`.
+#[test]
+fn a_mixed_random_write_load_with_fsync_ends_identical() {
+    let c = replicated_cluster("rf");
+    let out = c.run(
+        "n1",
+        &[
+            "fio",
+            "--name=mixed",
+            "--directory=/srv/web",
+            "--rw=randrw",
+            "--rwmixwrite=70",
+            "--bsrange=4k-64k",
+            "--size=48m",
+            "--numjobs=2",
+            "--fsync=16",
+            "--runtime=15",
+            "--time_based",
+            "--ioengine=psync",
+            "--group_reporting",
+            "--output-format=json",
+        ],
+    );
+    assert!(out.status.success(), "fio: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("fio's JSON report");
+    let writes = report["jobs"][0]["write"]["total_ios"].as_u64().unwrap_or(0);
+    let fsyncs = report["jobs"][0]["sync"]["total_ios"].as_u64().unwrap_or(0);
+    assert!(writes > 1000 && fsyncs > 50, "fio did too little to mean anything: {writes} writes, {fsyncs} fsyncs");
+    assert_eq!(c.state("n1"), 3, "still replicating (PRIM) after the load");
+    let out = c.admin("n1", &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the copies are identical"), "{text}");
+    assert_eq!(listing(&c, "n1"), listing(&c, "n2"));
+    println!("fio: {writes} writes, {fsyncs} fsyncs, then verify: identical");
 }

@@ -6,7 +6,7 @@ use crate::control::{ModuleStatus, Request, Response};
 use crate::driver::{self, Driver, Link, Machine, Msg};
 use crate::modlog::{ModLog, DEFAULT_MAX_BYTES};
 use crate::policy;
-use crate::replica::{Replica, ReplicaSpec};
+use crate::replica::{DirSpec, Replica, ReplicaSpec};
 use crate::store::Store;
 use crate::wire::{Opener, Sealer};
 use std::future::Future;
@@ -138,14 +138,6 @@ fn load_modules(dir: &Path, cluster: &ClusterConfig, node: &str) -> Vec<ModuleCo
                 cfg.name,
                 cfg.id,
                 other.name
-            );
-            continue;
-        }
-        if cfg.replication.as_ref().is_some_and(|r| r.dirs.len() > 1) {
-            tracing::error!(
-                "module {} not loaded: it replicates {} directories; this version replicates one directory per module",
-                cfg.name,
-                cfg.replication.as_ref().map_or(0, |r| r.dirs.len())
             );
             continue;
         }
@@ -311,9 +303,9 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
     Ok(())
 }
 
-/// The replicated directory of a mirror module on this node, if it has one.
+/// The replicated directories of a mirror module on this node, if it has any.
 fn replica_spec(cluster: &ClusterConfig, cfg: &ModuleConfig, node: &str, key: &[u8]) -> Option<ReplicaSpec> {
-    let dir = cfg.replication.as_ref()?.dirs.first()?;
+    let rep = cfg.replication.as_ref().filter(|r| !r.dirs.is_empty())?;
     let peer = cfg.nodes.iter().find(|n| n.name != node)?;
     let net = &cluster.replication_network().name;
     let port = cluster.replication_port(cfg.id);
@@ -325,8 +317,7 @@ fn replica_spec(cluster: &ClusterConfig, cfg: &ModuleConfig, node: &str, key: &[
         cluster: cluster.name.clone(),
         node: node.to_string(),
         peer: peer.name.clone(),
-        dir: dir.path.clone(),
-        exclude: dir.exclude.clone(),
+        dirs: rep.dirs.iter().map(|d| DirSpec { path: d.path.clone(), exclude: d.exclude.clone() }).collect(),
         key: key.to_vec(),
         listen,
         peer_addr,

@@ -1,7 +1,13 @@
-//! The replicated directory of a mirror module, as the daemon drives it: the FUSE layer mounted
-//! over the directory while this node is primary, a replication stream to the secondary once it
-//! joins (first a full copy, then every change synchronously), and on the secondary a receiver
-//! that applies the stream into the directory, which the application sees read-only meanwhile.
+//! The replicated directories of a mirror module, as the daemon drives them: the FUSE layer
+//! mounted over each directory while this node is primary, one replication stream to the
+//! secondary once it joins (first a full copy, then every change synchronously), and on the
+//! secondary a receiver that applies the stream into the directories, which the application sees
+//! read-only meanwhile.
+//!
+//! Several directories share the module's one stream, so their changes stay in one order: the
+//! ops of directory `i` name their paths under `i/` and carry `i` in their handles
+//! (`Op::in_dir`); the secondary applies the stream under `staging`, whose child `i` is a private
+//! writable bind of directory `i`.
 //!
 //! The blocking parts (connecting, the full copy, the receiver) run on threads of their own and
 //! report to the module's driver through `Msg::Repl`: the driver turns them into machine events
@@ -14,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_replication::fs::{clean_stale_mounts, MountOptions, OpSink, ReplicatedFs};
-use tandem_replication::op::{AckLevel, Op};
+use tandem_replication::op::{dir_prefix, AckLevel, Op};
 use tandem_replication::stream::{Expect, Receiver, Sender, Stopper};
 use tokio::sync::mpsc;
 
@@ -46,19 +52,33 @@ pub struct ReplicaSpec {
     pub cluster: String,
     pub node: String,
     pub peer: String,
-    pub dir: PathBuf,
-    pub exclude: Vec<String>,
+    /// The replicated directories, in the module's order (the index is part of the wire paths).
+    pub dirs: Vec<DirSpec>,
     pub key: Vec<u8>,
     /// This node's and the peer's addresses on the replication network, with the module's port.
     pub listen: SocketAddr,
     pub peer_addr: SocketAddr,
     /// How long a write waits for the secondary before the stream is declared broken.
     pub timeout: Duration,
-    /// Where the secondary keeps a private writable view of the directory.
+    /// Where the secondary keeps a private writable view of the directories (`staging/<index>`).
     pub staging: PathBuf,
 }
 
+#[derive(Debug, Clone)]
+pub struct DirSpec {
+    pub path: PathBuf,
+    pub exclude: Vec<String>,
+}
+
 impl ReplicaSpec {
+    /// Where the secondary's receiver writes directory `index`.
+    fn staging_of(&self, index: usize) -> PathBuf {
+        self.staging.join(index.to_string())
+    }
+
+    fn index(index: usize) -> u16 {
+        u16::try_from(index).expect("at most 65536 directories per module")
+    }
     /// What this node says and expects at the start of the stream of join `join_seq`: both ends
     /// check the cluster, the module, the peer's name and the join, so a stale stream is refused.
     fn greeting(&self, join_seq: u64) -> (tandem_replication::frame::Hello, Expect) {
@@ -96,6 +116,22 @@ impl StreamSink {
     }
 }
 
+/// One directory's face of the module's stream: its ops renamed into the stream's namespace.
+struct DirSink {
+    stream: Arc<StreamSink>,
+    index: u16,
+}
+
+impl OpSink for DirSink {
+    fn submit(&self, op: Op) -> u64 {
+        self.stream.submit(op.in_dir(self.index))
+    }
+
+    fn wait(&self, seq: u64, level: AckLevel) -> Result<(), String> {
+        self.stream.wait(seq, level)
+    }
+}
+
 impl OpSink for StreamSink {
     fn submit(&self, op: Op) -> u64 {
         match self.sender.submit(op) {
@@ -127,7 +163,8 @@ struct SecondarySide {
 pub struct Replica {
     spec: ReplicaSpec,
     tx: mpsc::Sender<Msg>,
-    fs: Option<Arc<ReplicatedFs>>,
+    /// The FUSE layers of the directories, in order, while this node is primary (else empty).
+    fs: Vec<Arc<ReplicatedFs>>,
     /// The stream of the current join, once connected (the copy thread fills it).
     sender_slot: Option<Arc<Mutex<Option<Arc<Sender>>>>>,
     secondary: Option<SecondarySide>,
@@ -135,32 +172,46 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(spec: ReplicaSpec, tx: mpsc::Sender<Msg>) -> Replica {
-        Replica { spec, tx, fs: None, sender_slot: None, secondary: None }
+        Replica { spec, tx, fs: Vec::new(), sender_slot: None, secondary: None }
     }
 
     /// At daemon start: a FUSE mount or a read-only protection left by a crashed daemon.
     pub fn clean_leftovers(&self) -> Vec<String> {
         let mut notes = Vec::new();
-        match clean_stale_mounts(&self.spec.dir) {
-            Ok(0) => {}
-            Ok(n) => notes.push(format!("removed {n} stale mount(s) of {}", self.spec.dir.display())),
-            Err(e) => notes.push(format!("stale mounts of {}: {e}", self.spec.dir.display())),
+        for (i, d) in self.spec.dirs.iter().enumerate() {
+            match clean_stale_mounts(&d.path) {
+                Ok(0) => {}
+                Ok(n) => notes.push(format!("removed {n} stale mount(s) of {}", d.path.display())),
+                Err(e) => notes.push(format!("stale mounts of {}: {e}", d.path.display())),
+            }
+            unprotect(&d.path, &self.spec.staging_of(i));
         }
-        unprotect(&self.spec.dir, &self.spec.staging);
+        let _ = std::fs::remove_dir(&self.spec.staging);
         notes
     }
 
-    /// Becoming primary: mount the FUSE layer over the directory (before the application starts).
+    /// Becoming primary: mount the FUSE layer over each directory (before the application
+    /// starts). All or none: a directory that cannot be mounted unmounts the others.
     pub fn take(&mut self) -> Result<(), String> {
         self.leave_second();
-        if self.fs.is_some() {
+        if !self.fs.is_empty() {
             return Ok(());
         }
-        std::fs::create_dir_all(&self.spec.dir).map_err(|e| format!("{}: {e}", self.spec.dir.display()))?;
-        let _ = clean_stale_mounts(&self.spec.dir);
-        let opts = MountOptions::new(self.spec.module.clone()).exclude(self.spec.exclude.clone());
-        let fs = ReplicatedFs::mount(&self.spec.dir, opts, None).map_err(|e| e.to_string())?;
-        self.fs = Some(Arc::new(fs));
+        for d in &self.spec.dirs {
+            let mounted =
+                std::fs::create_dir_all(&d.path).map_err(|e| format!("{}: {e}", d.path.display())).and_then(|()| {
+                    let _ = clean_stale_mounts(&d.path);
+                    let opts = MountOptions::new(self.spec.module.clone()).exclude(d.exclude.clone());
+                    ReplicatedFs::mount(&d.path, opts, None).map_err(|e| e.to_string())
+                });
+            match mounted {
+                Ok(fs) => self.fs.push(Arc::new(fs)),
+                Err(e) => {
+                    self.release();
+                    return Err(e);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -168,15 +219,16 @@ impl Replica {
     pub fn release(&mut self) -> Vec<String> {
         self.stop_sender();
         let mut notes = Vec::new();
-        if let Some(fs) = self.fs.take() {
+        for fs in self.fs.drain(..) {
+            let dir = fs.mountpoint().to_owned();
             match Arc::try_unwrap(fs) {
                 Ok(fs) => {
                     if let Err(e) = fs.unmount() {
-                        notes.push(format!("unmount of {}: {e}", self.spec.dir.display()));
+                        notes.push(format!("unmount of {}: {e}", dir.display()));
                     }
                 }
                 // A copy thread still holds it: dropping the last reference unmounts.
-                Err(_) => notes.push("the full copy still runs: the directory is unmounted when it stops".into()),
+                Err(_) => notes.push(format!("the full copy still runs: {} is unmounted when it stops", dir.display())),
             }
         }
         notes
@@ -187,11 +239,12 @@ impl Replica {
     /// secondary's emptied directory.
     pub fn peer_joined(&mut self, join_seq: u64) {
         self.stop_sender();
-        let Some(fs) = self.fs.clone() else {
+        if self.fs.is_empty() {
             let reason = "not primary: nothing to replicate".to_string();
             let _ = self.tx.try_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false }));
             return;
-        };
+        }
+        let fss = self.fs.clone();
         let spec = &self.spec;
         let (peer_addr, key, timeout, tx) = (spec.peer_addr, spec.key.clone(), spec.timeout, self.tx.clone());
         let (hello, expect) = spec.greeting(join_seq);
@@ -217,28 +270,42 @@ impl Replica {
                     }
                 };
                 *slot2.lock().unwrap() = Some(sender.clone());
-                let sink = Arc::new(StreamSink {
+                let stream = Arc::new(StreamSink {
                     sender: sender.clone(),
                     timeout,
                     tx: tx.clone(),
                     reported: AtomicBool::new(false),
                 });
-                fs.attach_empty_secondary(sink);
+                // Every directory replicates its new changes from now on; then each is copied.
+                for (i, fs) in fss.iter().enumerate() {
+                    fs.attach_empty_secondary(Arc::new(DirSink {
+                        stream: stream.clone(),
+                        index: ReplicaSpec::index(i),
+                    }));
+                }
                 let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
                     "replication to {peer_addr}: full copy started"
                 ))));
                 let started = Instant::now();
                 let mut last_note = Instant::now();
-                let result = fs.full_sync(&mut |p| {
-                    if last_note.elapsed() >= Duration::from_millis(500) {
-                        last_note = Instant::now();
-                        let _ = tx.try_send(Msg::Repl(ReplEvent::Progress(progress_line(p))));
+                let (mut files, mut dirs, mut bytes) = (0, 0, 0);
+                let n = fss.len();
+                for (i, fs) in fss.iter().enumerate() {
+                    let result = fs.full_sync(&mut |p| {
+                        if last_note.elapsed() >= Duration::from_millis(500) {
+                            last_note = Instant::now();
+                            let mut line = progress_line(p);
+                            if n > 1 {
+                                line = format!("{line} ({}, directory {} of {n})", fs.mountpoint().display(), i + 1);
+                            }
+                            let _ = tx.try_send(Msg::Repl(ReplEvent::Progress(line)));
+                        }
+                    });
+                    match result {
+                        Ok(t) => (files, dirs, bytes) = (files + t.files, dirs + t.dirs, bytes + t.bytes),
+                        Err(e) => return report(format!("full copy of {} failed: {e}", fs.mountpoint().display())),
                     }
-                });
-                let totals = match result {
-                    Ok(t) => t,
-                    Err(e) => return report(format!("full copy failed: {e}")),
-                };
+                }
                 // Everything queued so far must be applied on the secondary before it is Ready.
                 let last = match sender.submit(Op::Fsync { fh: None, datasync: false }) {
                     Ok(s) => s,
@@ -250,11 +317,11 @@ impl Replica {
                 let secs = started.elapsed().as_secs_f64().max(0.001);
                 let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
                     "full copy done: {} files, {} directories, {} MiB in {:.1} s ({:.0} MiB/s)",
-                    totals.files,
-                    totals.dirs,
-                    totals.bytes >> 20,
+                    files,
+                    dirs,
+                    bytes >> 20,
                     secs,
-                    (totals.bytes as f64 / 1048576.0) / secs
+                    (bytes as f64 / 1048576.0) / secs
                 ))));
                 let _ = tx.blocking_send(Msg::Repl(ReplEvent::Synced { join_seq }));
             })
@@ -264,7 +331,7 @@ impl Replica {
 
     /// The secondary left (or was lost): stop replicating; the FUSE layer keeps working locally.
     pub fn stop_sender(&mut self) {
-        if let Some(fs) = &self.fs {
+        for fs in &self.fs {
             fs.set_sink(None);
         }
         if let Some(slot) = self.sender_slot.take() {
@@ -274,15 +341,16 @@ impl Replica {
         }
     }
 
-    /// Joining as secondary: empty the directory (a full copy follows), make it read-only for the
-    /// application, and apply the primary's stream into the private writable view.
+    /// Joining as secondary: empty the directories (a full copy follows), make them read-only for
+    /// the application, and apply the primary's stream into the private writable views.
     pub fn become_second(&mut self, join_seq: u64) -> Result<(), String> {
         self.release();
         self.leave_second();
+        if let Err(e) = self.prepare_second() {
+            self.unprotect_all();
+            return Err(e);
+        }
         let spec = &self.spec;
-        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
-        empty_dir(&spec.dir).map_err(|e| format!("emptying {} for the full copy: {e}", spec.dir.display()))?;
-        protect(&spec.dir, &spec.staging)?;
         let listener = TcpListener::bind(spec.listen).map_err(|e| format!("replication port {}: {e}", spec.listen))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let quit = Arc::new(AtomicBool::new(false));
@@ -335,6 +403,24 @@ impl Replica {
         Ok(())
     }
 
+    fn prepare_second(&self) -> Result<(), String> {
+        let spec = &self.spec;
+        std::fs::create_dir_all(&spec.staging).map_err(|e| format!("{}: {e}", spec.staging.display()))?;
+        for (i, d) in spec.dirs.iter().enumerate() {
+            std::fs::create_dir_all(&d.path).map_err(|e| format!("{}: {e}", d.path.display()))?;
+            empty_dir(&d.path).map_err(|e| format!("emptying {} for the full copy: {e}", d.path.display()))?;
+            protect(&d.path, &spec.staging_of(i))?;
+        }
+        Ok(())
+    }
+
+    fn unprotect_all(&self) {
+        for (i, d) in self.spec.dirs.iter().enumerate() {
+            unprotect(&d.path, &self.spec.staging_of(i));
+        }
+        let _ = std::fs::remove_dir(&self.spec.staging);
+    }
+
     /// Leaving SECOND: stop the receiver, give the directory back (writable) to this node.
     /// `tandem verify`, on the primary: blake3 manifests of both copies (the secondary's once every
     /// change made before the call is applied there) and their differences, excluded names aside.
@@ -345,17 +431,32 @@ impl Replica {
             .as_ref()
             .and_then(|s| s.lock().unwrap().clone())
             .ok_or_else(|| "no secondary is connected: verify needs PRIM (or a SECOND catching up)".to_string())?;
-        let dir = self.spec.dir.clone();
-        let exclusions =
-            tandem_replication::fs::Exclusions::new(&self.spec.exclude).map_err(|e| format!("exclusions: {e}"))?;
+        let mut dirs = Vec::new();
+        for d in &self.spec.dirs {
+            let exclusions =
+                tandem_replication::fs::Exclusions::new(&d.exclude).map_err(|e| format!("exclusions: {e}"))?;
+            dirs.push((d.path.clone(), exclusions));
+        }
         Ok(move || {
-            let remote = sender
+            let mut remote = sender
                 .verify(Duration::from_secs(600))
                 .map_err(|e| format!("secondary: {e}"))?
                 .map_err(|e| format!("secondary's manifest: {e}"))?;
+            // The secondary's root is its staging directory, not replicated data.
+            remote.entries.remove(&tandem_replication::op::RelPath(Vec::new()));
             let mut local =
-                tandem_replication::manifest::build(&dir).map_err(|e| format!("primary's manifest: {e}"))?;
-            local.entries.retain(|path, _| !exclusions.is_excluded(&path.0));
+                tandem_replication::manifest::Manifest { block_size: remote.block_size, entries: Default::default() };
+            for (i, (dir, exclusions)) in dirs.iter().enumerate() {
+                let m = tandem_replication::manifest::build(dir)
+                    .map_err(|e| format!("primary's manifest of {}: {e}", dir.display()))?;
+                let index = ReplicaSpec::index(i);
+                for (path, mut entry) in m.entries {
+                    if !exclusions.is_excluded(&path.0) {
+                        entry.link_group = entry.link_group.map(|g| dir_prefix(index, &g));
+                        local.entries.insert(dir_prefix(index, &path), entry);
+                    }
+                }
+            }
             let differences: Vec<String> =
                 tandem_replication::manifest::diff(&local, &remote).iter().map(|d| d.to_string()).collect();
             let bytes = local.entries.values().map(|e| e.size).sum();
@@ -368,7 +469,7 @@ impl Replica {
     }
 
     pub fn is_mounted(&self) -> bool {
-        self.fs.is_some()
+        !self.fs.is_empty()
     }
 
     pub fn leave_second(&mut self) {
@@ -377,7 +478,7 @@ impl Replica {
             if let Some(s) = side.stopper.lock().unwrap().take() {
                 s.stop();
             }
-            unprotect(&self.spec.dir, &self.spec.staging);
+            self.unprotect_all();
         }
     }
 }

@@ -23,6 +23,8 @@ pub const DEFAULT_ZONE_SIZE_BYTES: u64 = 1 << 20;
 pub const MIN_ZONE_SIZE_BYTES: u64 = 4 << 10;
 /// Largest zone size (1 GiB).
 pub const MAX_ZONE_SIZE_BYTES: u64 = 1 << 30;
+/// Replicated directories per module (each is one FUSE mount on the primary).
+pub const MAX_REPLICATED_DIRS: usize = 64;
 /// Default failover loop limit.
 pub const DEFAULT_LOOP_LIMIT: u32 = 3;
 /// Default failover loop interval (24 h).
@@ -801,10 +803,18 @@ fn parse_replication(ctx: &mut Ctx, root: &Tbl) -> Replication {
         }
     }
     let mut seen: Vec<(PathBuf, usize, String)> = Vec::new();
-    for d in t.tables(ctx, "dir") {
+    for (index, d) in t.tables(ctx, "dir").into_iter().enumerate() {
         d.check_keys(ctx, &["path", "exclude", "zone_size"], &[]);
         let path = d.req_str(ctx, "path", "an absolute path string").and_then(|s| {
             let p = PathBuf::from(&s.val);
+            if index >= MAX_REPLICATED_DIRS {
+                ctx.error(
+                    s.off,
+                    d.key_path("path"),
+                    format!("a module replicates at most {MAX_REPLICATED_DIRS} directories"),
+                );
+                return None;
+            }
             if !p.is_absolute() {
                 ctx.error(
                     s.off,

@@ -83,6 +83,31 @@ pub fn op_name(op: &Op) -> &'static str {
     }
 }
 
+/// The root's child directories that are on another file system than the root, one per file
+/// system (several directories of one module are often on the same one).
+fn child_mounts(root: &OwnedFd) -> Result<Vec<OwnedFd>, Errno> {
+    let root_dev = rfs::fstat(root)?.st_dev;
+    let mut seen = HashSet::from([root_dev]);
+    let mut out = Vec::new();
+    let dup = rfs::openat(root, c".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    for entry in rfs::Dir::read_from(&dup)? {
+        let entry = entry?;
+        if entry.file_type() != FileType::Directory || matches!(entry.file_name().to_bytes(), b"." | b"..") {
+            continue;
+        }
+        let fd = rfs::openat(
+            root,
+            entry.file_name(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        if seen.insert(rfs::fstat(&fd)?.st_dev) {
+            out.push(fd);
+        }
+    }
+    Ok(out)
+}
+
 /// Displays a wire path (bytes) readably.
 pub fn show(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()
@@ -124,6 +149,9 @@ struct Dirty {
 pub struct Applier {
     root: OwnedFd,
     root_path: PathBuf,
+    /// Other file systems mounted on the root's children (a module with several directories:
+    /// the root holds a bind mount of each), which a whole-replica sync must reach too.
+    mounts: Vec<OwnedFd>,
     files: HashMap<Handle, File>,
     dirty: Dirty,
 }
@@ -138,9 +166,10 @@ impl Applier {
     /// Opens the replica root (which must exist and be a directory).
     pub fn open(root: &Path) -> Result<Applier, ApplyError> {
         // Not O_PATH: syncfs needs a real fd.
-        let fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| ApplyError::Root { root: root.to_owned(), source: e.into() })?;
-        Ok(Applier { root: fd, root_path: root.to_owned(), files: HashMap::new(), dirty: Dirty::default() })
+        let err = |e: Errno| ApplyError::Root { root: root.to_owned(), source: e.into() };
+        let fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(err)?;
+        let mounts = child_mounts(&fd).map_err(err)?;
+        Ok(Applier { root: fd, root_path: root.to_owned(), mounts, files: HashMap::new(), dirty: Dirty::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -175,6 +204,9 @@ impl Applier {
         let err = |what: String| move |e: Errno| ApplyError::Os { op: "fsync", what, source: e.into() };
         if self.dirty.other {
             rfs::syncfs(&self.root).map_err(err(format!("syncfs of {}", self.root_path.display())))?;
+            for m in &self.mounts {
+                rfs::syncfs(m).map_err(err(format!("syncfs of a directory under {}", self.root_path.display())))?;
+            }
         } else {
             for fh in &self.dirty.handles {
                 let f = &self.files[fh];

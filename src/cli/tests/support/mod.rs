@@ -63,15 +63,16 @@ impl Cluster {
     /// A lab of two nodes with `networks` networks, the cluster files and the `web` module on each
     /// node; daemons not started yet.
     pub fn new(prefix: &str, networks: u8, timers: &Timers) -> Cluster {
-        Cluster::with_dir(prefix, networks, timers, None)
+        Cluster::with_dirs(prefix, networks, timers, &[])
     }
 
-    /// As `new`, and the module replicates `dir` (each node has its own copy of it).
-    pub fn with_dir(prefix: &str, networks: u8, timers: &Timers, dir: Option<&str>) -> Cluster {
+    /// As `new`, and the module replicates `dirs` (each node has its own copy of each), with
+    /// `*.tmp` excluded.
+    pub fn with_dirs(prefix: &str, networks: u8, timers: &Timers, dirs: &[&str]) -> Cluster {
         let name = unique_name(prefix);
         let _ = tandem_lab::down(&name);
         let mut spec = LabSpec::new(&name, 2).networks(networks);
-        if let Some(d) = dir {
+        for d in dirs {
             spec = spec.private_dir(d);
         }
         let lab = Lab::up(spec).expect("lab up");
@@ -120,7 +121,9 @@ stop_prim = ["/etc/tandem/modules/web/service.sh", "stop"]
 {}"#,
             timers.pulse,
             timers.timeout,
-            dir.map(|d| format!("\n[[replication.dir]]\npath = \"{d}\"\nexclude = [\"*.tmp\"]\n")).unwrap_or_default()
+            dirs.iter()
+                .map(|d| format!("\n[[replication.dir]]\npath = \"{d}\"\nexclude = [\"*.tmp\"]\n"))
+                .collect::<String>()
         );
         for n in ["n1", "n2"] {
             c.write(n, "/etc/tandem/cluster.toml", &cluster_toml, "644");
