@@ -8,7 +8,10 @@
 //! - `local`: `/var/lib/tandem/bench/plain`, a plain directory of n1 (not replicated);
 //! - `bindfs`: `/var/lib/tandem/bench/bindfs`, `bindfs` of that same directory (a FUSE
 //!   passthrough that does nothing else: the cost of going through FUSE);
-//! - `tandem`: `/srv/web`, through tandem's FUSE layer, every write acknowledged by n2.
+//! - `tandem`: `/srv/web`, through tandem's FUSE layer, every write acknowledged by n2;
+//! - `two-local`: the same job as `local` on n1 while n2 runs it at the same time on its own
+//!   plain directory (same disk): what writing two copies costs this one disk with no software in
+//!   between. In the lab both copies of `tandem` share that disk, so this is its ceiling.
 //!
 //! Jobs (psync, no preallocation, one file per target and job, removed before each run):
 //! - `seq-1m`: sequential 1 MiB writes of `BENCH_SEQ_SIZE` (512m), one fsync at the end
@@ -85,9 +88,10 @@ enum Target {
     Local,
     Bindfs,
     Tandem,
+    TwoLocal,
 }
 
-const TARGETS: [Target; 3] = [Target::Local, Target::Bindfs, Target::Tandem];
+const TARGETS: [Target; 4] = [Target::Local, Target::Bindfs, Target::Tandem, Target::TwoLocal];
 
 impl Target {
     fn name(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Target {
             Target::Local => "(a) local",
             Target::Bindfs => "(b) bindfs",
             Target::Tandem => "(c) tandem",
+            Target::TwoLocal => "(d) local on n1 and n2 at once",
         }
     }
     fn tag(self) -> &'static str {
@@ -102,6 +107,7 @@ impl Target {
             Target::Local => "local",
             Target::Bindfs => "bindfs",
             Target::Tandem => "tandem",
+            Target::TwoLocal => "two-local",
         }
     }
     fn dir(self) -> &'static str {
@@ -109,6 +115,7 @@ impl Target {
             Target::Local => PLAIN_DIR,
             Target::Bindfs => BINDFS_DIR,
             Target::Tandem => REPL_DIR,
+            Target::TwoLocal => PLAIN_DIR,
         }
     }
 }
@@ -451,6 +458,7 @@ fn mount_type(lab: &Lab, dir: &str) -> Result<Option<String>> {
 
 fn start_bindfs(lab: &Lab, guard: &mut LabGuard, dir: &Path) -> Result<()> {
     run_in(lab, PRIMARY, &["mkdir", "-p", PLAIN_DIR, BINDFS_DIR], &[0], COMMAND_TIMEOUT)?;
+    run_in(lab, SECONDARY, &["mkdir", "-p", PLAIN_DIR], &[0], COMMAND_TIMEOUT)?;
     let log = File::create(dir.join("n1-bindfs.log"))?;
     // -f: foreground, so the bench owns the process; no option: a plain passthrough.
     let child = lab
@@ -613,15 +621,30 @@ fn summary(job: Job, s: &Sample) -> String {
     }
 }
 
-/// One fio job in n1: the file is removed first and everything is synced, so every run starts
-/// from the same state.
+/// One fio job in n1 (and for `two-local` the same job in n2 at the same time; n1's figures are
+/// reported): the file is removed first and everything is synced, so every run starts from the
+/// same state.
 fn run_fio(lab: &Lab, p: &Params, job: Job, target: Target, dir: &Path, round: usize) -> Result<Sample> {
     let file = format!("{}/{}-{}.fio", target.dir(), job.name(), target.tag());
-    run_in(lab, PRIMARY, &["rm", "-f", &file], &[0], COMMAND_TIMEOUT)?;
+    let nodes: &[&str] = if target == Target::TwoLocal { &[PRIMARY, SECONDARY] } else { &[PRIMARY] };
+    for node in nodes {
+        run_in(lab, node, &["rm", "-f", &file], &[0], COMMAND_TIMEOUT)?;
+    }
     run_in(lab, PRIMARY, &["sync"], &[0], SYNC_TIMEOUT)?;
     let args = p.fio_args(job, target);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = run_in(lab, PRIMARY, &argv, &[0], p.timeout(job))?;
+    let o = thread::scope(|scope| -> Result<Output> {
+        let other =
+            (target == Target::TwoLocal).then(|| scope.spawn(|| run_in(lab, SECONDARY, &argv, &[0], p.timeout(job))));
+        let mine = run_in(lab, PRIMARY, &argv, &[0], p.timeout(job));
+        if let Some(h) = other {
+            h.join().map_err(|_| anyhow!("the fio of {SECONDARY} panicked"))?.context("the fio of n2")?;
+        }
+        mine
+    })?;
+    if target == Target::TwoLocal {
+        run_in(lab, SECONDARY, &["rm", "-f", &file], &[0], COMMAND_TIMEOUT)?;
+    }
     let raw = String::from_utf8_lossy(&o.stdout).into_owned();
     fs::write(dir.join(format!("fio-{}-{}-run{}.json", target.tag(), job.name(), round + 1)), &raw)?;
     parse_fio(&raw).with_context(|| format!("parsing fio's output ({})", raw.chars().take(200).collect::<String>()))
@@ -790,6 +813,14 @@ fn render(p: &Params, cells: &[((Target, Job), Cell)], rtts: &[f64]) -> String {
                 verdict(c > b),
                 c / b
             );
+            if let Some(d) = seq(Target::TwoLocal) {
+                let _ = writeln!(
+                    t,
+                    "- (the ceiling of this machine, not a goal) two plain copies written at once on its one disk, (d): {d:.0} MB/s = {:.2} × (a); (c) reaches {:.2} × (d).",
+                    d / a,
+                    c / d
+                );
+            }
         }
         _ => {
             let _ = writeln!(t, "- sequential throughput: not evaluated (a target was not measured).");
@@ -804,6 +835,13 @@ fn render(p: &Params, cells: &[((Target, Job), Cell)], rtts: &[f64]) -> String {
                 "- 4 KiB fsync latency p99 (c) ≤ local p99 + one round trip + 200 µs: {}: {c:.0} µs against {a:.0} + {r:.0} + 200 = {bound:.0} µs.",
                 verdict(c <= bound)
             );
+            if let Some(d) = fp99(Target::TwoLocal) {
+                let _ = writeln!(
+                    t,
+                    "- (the ceiling of this machine, not a goal) 4 KiB fsync p99 with both nodes' plain copies flushing at once on the one disk, (d): {d:.0} µs; (d) + round trip + 200 µs = {:.0} µs.",
+                    d + r + 200.0
+                );
+            }
         }
         _ => {
             let _ =
