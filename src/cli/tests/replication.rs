@@ -22,6 +22,22 @@ fn listing(c: &Cluster, node: &str) -> String {
     c.sh(node, LISTING)
 }
 
+/// `tandem verify` on the primary n1 says the copies are identical.
+fn assert_verify_identical(c: &Cluster) {
+    let out = c.admin("n1", &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the copies are identical"), "{text}");
+}
+
+/// `tandem verify` on n1 finds differences (exit code 1); returns its report.
+fn verify_differences(c: &Cluster) -> String {
+    let out = c.admin("n1", &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    text
+}
+
 fn replicated_cluster(prefix: &str) -> Cluster {
     let mut c = Cluster::with_dirs(prefix, 1, &DEFAULT_TIMERS, &[DIR]);
     // Data present before the first start is copied by the full synchronisation.
@@ -60,14 +76,9 @@ sync"#;
     assert!(a.contains("./huge 1073741824"), "the 1 GiB file is in the listing: {a}");
     assert_eq!(a, b, "the two copies differ");
     // `tandem verify` agrees (blake3 per block), and finds a difference made behind its back.
-    let out = c.admin("n1", &["verify"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("the copies are identical"), "{text}");
+    assert_verify_identical(&c);
     c.sh("n2", "printf 'Z' | dd of=/run/tandem/replica/web/0/big bs=1 seek=3000000 conv=notrunc status=none");
-    let out = c.admin("n1", &["verify"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = verify_differences(&c);
     assert!(text.contains("big") && text.contains("block"), "{text}");
     let out = c.admin("n2", &["verify"]);
     assert_eq!(out.status.code(), Some(10));
@@ -229,15 +240,10 @@ fn several_directories_of_one_module_are_replicated_and_verified() {
         assert_eq!(c.sh(node, "stat -c %a /srv/data"), "700\n", "the directory's own mode, on {node}");
         assert!(c.run(node, &["test", "-e", "/srv/web/db"]).status.code() == Some(1), "no mixing on {node}");
     }
-    let out = c.admin("n1", &["verify"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("the copies are identical"), "{text}");
+    assert_verify_identical(&c);
     // A difference in the second directory is named under it.
     c.sh("n2", "echo changed > /run/tandem/replica/web/1/db/b");
-    let out = c.admin("n1", &["verify"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let text = verify_differences(&c);
     assert!(text.contains("1/db/b"), "{text}");
     // Both copies on the secondary are read-only for the application.
     for d in [DIR, "/srv/data"] {
@@ -275,10 +281,7 @@ fn a_mixed_random_write_load_with_fsync_ends_identical() {
     let fsyncs = report["jobs"][0]["sync"]["total_ios"].as_u64().unwrap_or(0);
     assert!(writes > 1000 && fsyncs > 50, "fio did too little to mean anything: {writes} writes, {fsyncs} fsyncs");
     assert_eq!(c.state("n1"), 3, "still replicating (PRIM) after the load");
-    let out = c.admin("n1", &["verify"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("the copies are identical"), "{text}");
+    assert_verify_identical(&c);
     assert_eq!(listing(&c, "n1"), listing(&c, "n2"));
     println!("fio: {writes} writes, {fsyncs} fsyncs, then verify: identical");
 }
