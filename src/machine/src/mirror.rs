@@ -35,6 +35,11 @@ pub struct MirrorPolicy {
     /// A splitbrain checker is configured: after losing the peer, only a node that reaches a
     /// witness may serve.
     pub witness: bool,
+    /// With a witness, how long after losing its peer a primary may serve without a witness
+    /// verdict newer than the loss (it steps down then); a secondary takes over only with such a
+    /// verdict and no earlier than twice this, so an isolated primary has stepped down first.
+    /// The daemon sets it above one probe interval plus one probe timeout plus the heartbeat timeout.
+    pub witness_deadline_ms: Millis,
     /// How long a node started alone waits for its peer before serving on data it knows is newest.
     pub start_grace_ms: Millis,
     /// Recoveries (restart, stopstart) allowed in `loop_interval_ms` before the module is stopped.
@@ -55,6 +60,7 @@ impl MirrorPolicy {
             preferred: Preferred::Alone,
             failover_default: true,
             witness: false,
+            witness_deadline_ms: 3_000,
             start_grace_ms: 1_000,
             loop_limit: 3,
             loop_interval_ms: 24 * 3600 * 1000,
@@ -195,6 +201,9 @@ pub struct MirrorMachine {
     want_full: bool,
     unclean: bool,
     witness_ok: Option<bool>,
+    /// When the peer was lost (with a witness policy), and the last witness verdict since then.
+    lost_at: Option<Millis>,
+    witness_since_loss: Option<bool>,
     sender: bool,
     receiver: bool,
     /// The highest join of the peer this primary has answered with a catch-up.
@@ -225,6 +234,8 @@ impl MirrorMachine {
             want_full: false,
             unclean,
             witness_ok: None,
+            lost_at: None,
+            witness_since_loss: None,
             sender: false,
             receiver: false,
             last_join: None,
@@ -272,9 +283,14 @@ impl MirrorMachine {
         match event {
             MirrorEvent::Admin(cmd) => self.admin(now, cmd, &mut out)?,
             MirrorEvent::PeerSeen(view) => self.peer_seen(view, &mut out),
-            MirrorEvent::PeerLost => self.peer_lost(&mut out),
+            MirrorEvent::PeerLost => self.peer_lost(now, &mut out),
             MirrorEvent::Resource { name, up } => self.resource(now, name, up, &mut out),
-            MirrorEvent::Witness { reachable } => self.witness_ok = Some(reachable),
+            MirrorEvent::Witness { reachable } => {
+                self.witness_ok = Some(reachable);
+                if self.lost_at.is_some() {
+                    self.witness_since_loss = Some(reachable);
+                }
+            }
             MirrorEvent::ResyncDone => self.resync_done(&mut out),
             MirrorEvent::ResyncFailed { reason } => self.broken(now, "catch-up failed", &reason, &mut out),
             MirrorEvent::ReplicationBroken { reason } => self.broken(now, "replication broken", &reason, &mut out),
@@ -468,31 +484,52 @@ impl MirrorMachine {
                 self.want_prim = false;
             }
         }
+        self.lost_at = None;
+        self.witness_since_loss = None;
         self.peer = Some(view);
     }
 
-    fn peer_lost(&mut self, out: &mut Vec<Action>) {
+    fn peer_lost(&mut self, now: Millis, out: &mut Vec<Action>) {
         if self.peer.take().is_none() {
             return;
         }
         let peer = self.policy.peer.clone();
         self.want_prim = false;
         self.yields = false;
-        if self.state.is_serving() {
-            if self.policy.witness && self.witness_ok != Some(true) {
-                out.push(log(
-                    Level::Warn,
-                    format!("lost {peer} and no witness is reachable: stepping down so that two primaries never serve"),
-                ));
-                self.p.freshness = Freshness::Shared;
-                self.set_state(State::Wait, Readiness::NotReady, Cause::SplitBrain, out);
-            } else if self.state == State::Prim {
-                out.push(log(
-                    Level::Warn,
-                    format!("lost {peer}: continuing ALONE; changes are tracked for its catch-up"),
-                ));
-                self.go_alone_from_prim(out);
-            }
+        self.reported = None;
+        if self.policy.witness {
+            // A verdict from before the loss says nothing about which side was cut off.
+            self.lost_at = Some(now);
+            self.witness_since_loss = None;
+        }
+        if self.state.is_serving() && self.policy.witness {
+            // Writes stay unacknowledged (the stream is kept, so they wait for the lost peer) until
+            // a witness says this side may go on: if it may not, nothing it acknowledged is lost.
+            out.push(log(
+                Level::Warn,
+                format!(
+                    "lost {peer}: holding the application's writes until a witness confirms this node may serve (within {} ms)",
+                    self.policy.witness_deadline_ms
+                ),
+            ));
+        } else if self.state == State::Prim {
+            out.push(log(Level::Warn, format!("lost {peer}: continuing ALONE; changes are tracked for its catch-up")));
+            self.go_alone_from_prim(out);
+        }
+    }
+
+    /// With a witness policy and the peer lost: `Some(true)` once this node may serve (a witness
+    /// answered after the loss and, for a node not serving yet, the isolated side had time to
+    /// step down), `Some(false)` when it must not, `None` while the verdict is pending.
+    fn witness_verdict(&self, now: Millis, serving: bool) -> Option<bool> {
+        let lost_at = self.lost_at?;
+        let deadline = self.policy.witness_deadline_ms;
+        match self.witness_since_loss {
+            Some(false) => Some(false),
+            Some(true) if serving => Some(true),
+            Some(true) if now >= lost_at.saturating_add(2 * deadline) => Some(true),
+            None if now >= lost_at.saturating_add(if serving { deadline } else { 2 * deadline }) => Some(false),
+            _ => None,
         }
     }
 
@@ -615,8 +652,8 @@ impl MirrorMachine {
             let before = (self.state, self.readiness);
             match self.state {
                 State::Wait => self.reconcile_wait(now, out),
-                State::Second => self.reconcile_second(out),
-                State::Alone | State::Prim => self.reconcile_primary(out),
+                State::Second => self.reconcile_second(now, out),
+                State::Alone | State::Prim => self.reconcile_primary(now, out),
                 State::Stop | State::Up => {}
             }
             if before == (self.state, self.readiness) {
@@ -687,12 +724,27 @@ impl MirrorMachine {
         }
     }
 
-    fn reconcile_second(&mut self, out: &mut Vec<Action>) {
+    fn reconcile_second(&mut self, now: Millis, out: &mut Vec<Action>) {
         let peer = self.policy.peer.clone();
         match self.peer.clone() {
             None => {
-                let witness_ok = !self.policy.witness || self.witness_ok == Some(true);
-                if self.readiness == Readiness::Ready && self.p.failover && witness_ok {
+                let eligible = self.readiness == Readiness::Ready && self.p.failover;
+                let witness_ok = if self.policy.witness && eligible {
+                    match self.witness_verdict(now, false) {
+                        Some(ok) => ok,
+                        None => {
+                            self.report(
+                                Level::Info,
+                                format!("{peer} lost: waiting for the witness verdict before taking over"),
+                                out,
+                            );
+                            return;
+                        }
+                    }
+                } else {
+                    true
+                };
+                if eligible && witness_ok {
                     out.push(log(Level::Warn, format!("{peer} lost: failover, this node takes over")));
                     self.promote(Cause::Failover, false, out);
                 } else {
@@ -729,11 +781,36 @@ impl MirrorMachine {
         }
     }
 
-    fn reconcile_primary(&mut self, out: &mut Vec<Action>) {
+    fn reconcile_primary(&mut self, now: Millis, out: &mut Vec<Action>) {
         let peer = self.policy.peer.clone();
         let Some(v) = self.peer.clone() else {
-            if self.state == State::Prim {
+            let verdict = if self.policy.witness && self.lost_at.is_some() {
+                self.witness_verdict(now, true)
+            } else {
+                Some(true)
+            };
+            if verdict == Some(true) && self.state == State::Prim {
+                out.push(log(Level::Warn, format!("lost {peer}: continuing ALONE; changes are tracked for its catch-up")));
                 self.go_alone_from_prim(out);
+            }
+            if self.lost_at.is_some() {
+                match verdict {
+                    Some(false) => {
+                        out.push(log(
+                            Level::Warn,
+                            format!("lost {peer} and no witness is reachable: stepping down so that two primaries never serve"),
+                        ));
+                        self.p.freshness = Freshness::Shared;
+                        self.lost_at = None;
+                        self.set_state(State::Wait, Readiness::NotReady, Cause::SplitBrain, out);
+                    }
+                    Some(true) => self.report(
+                        Level::Info,
+                        format!("lost {peer}; a witness is reachable: this node keeps serving"),
+                        out,
+                    ),
+                    None => {}
+                }
             }
             return;
         };

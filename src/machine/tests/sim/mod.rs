@@ -228,6 +228,13 @@ impl MirrorSim {
             if !self.serving(i) {
                 continue;
             }
+            let j = 1 - i;
+            // A PRIM acknowledges a write only once its SECOND has it: cut off from its
+            // SECOND (before going ALONE) it holds the write, which is never acknowledged.
+            let protected = self.connected() && self.status(j).is_some_and(|s| s.state == State::Second);
+            if self.status(i).is_some_and(|s| s.state == State::Prim) && !protected {
+                continue;
+            }
             let w = self.next_write;
             self.next_write += 1;
             self.nodes[i].data.insert(w);
