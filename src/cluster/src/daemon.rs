@@ -188,8 +188,11 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
                 continue;
             }
         };
-        if cfg.checkers.iter().any(|c| matches!(c.kind, tandem_config::CheckerKind::Splitbrain { .. })) {
-            log.append("WARN", "the splitbrain checker is not run by this version: a split without witness is resolved by data generations when it heals");
+        if cfg.checkers.iter().any(|c| !matches!(c.kind, tandem_config::CheckerKind::Splitbrain { .. })) {
+            log.append(
+                "WARN",
+                "only the splitbrain checker is run by this version: the other checkers are not run yet",
+            );
         }
         let (machine, autostart) = match cfg.kind {
             ModuleKind::Mirror => {
@@ -205,7 +208,7 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
                     }
                 };
                 let autostart = p.as_ref().is_some_and(|p| p.started);
-                let pol = policy::mirror_policy(&cfg, &node, false).expect("node is a module node");
+                let pol = policy::mirror_policy(&cfg, &node, true).expect("node is a module node");
                 (Machine::Mirror(MirrorMachine::new(pol, p)), autostart)
             }
             ModuleKind::Farm => {
@@ -255,6 +258,12 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
                 log.append("WARN", &note);
             }
         }
+        let witness_probes = policy::splitbrain_checker(&cfg).and_then(|c| match &c.kind {
+            tandem_config::CheckerKind::Splitbrain { witnesses } if cfg.kind == ModuleKind::Mirror => {
+                Some((witnesses.clone(), c.interval, c.timeout))
+            }
+            _ => None,
+        });
         let (mut drv, body_rx, status_rx) = Driver::new(
             cfg,
             node.clone(),
@@ -272,6 +281,9 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
             tokio::spawn(driver::recv_loop(link.socket.clone(), link.network, tx.clone()));
         }
         tokio::spawn(driver::send_loop(id, links.clone(), body_rx, Sealer::new(&key, epoch), pulse));
+        if let Some((witnesses, interval, timeout)) = witness_probes {
+            tokio::spawn(crate::witness::run(witnesses, interval, timeout, tx.clone()));
+        }
         tokio::spawn(drv.run(rx, autostart));
         tracing::info!("module {name} (id {id}) loaded");
         loaded.push(Loaded { name, id, tx, status: status_rx, log, pulse });
@@ -323,10 +335,20 @@ fn replica_spec(cluster: &ClusterConfig, cfg: &ModuleConfig, node: &str, key: &[
         peer_addr,
         // A write waits this long for the secondary before the stream is declared broken and the
         // primary goes ALONE: several heartbeat timeouts, as the secondary may be flushing a
-        // large file to disk.
-        timeout: (cfg.heartbeat.timeout * 5).max(Duration::from_secs(5)),
+        // large file to disk. With a witness, also well past the loss plus the witness deadline:
+        // until the verdict a primary that lost its peer holds the writes (docs/algorithm.md).
+        timeout: replication_timeout(cfg),
         staging: PathBuf::from("/run/tandem/replica").join(&cfg.name),
     })
+}
+
+/// How long a replicated write waits for the secondary's acknowledgement.
+fn replication_timeout(cfg: &ModuleConfig) -> Duration {
+    let base = (cfg.heartbeat.timeout * 5).max(Duration::from_secs(5));
+    match policy::splitbrain_checker(cfg) {
+        Some(c) => base.max(cfg.heartbeat.timeout + policy::witness_deadline(c, cfg) + Duration::from_secs(2)),
+        None => base,
+    }
 }
 
 async fn wait_for_signal() {

@@ -44,6 +44,10 @@ pub enum Msg {
     Verify {
         reply: oneshot::Sender<Response>,
     },
+    /// A verdict of the splitbrain checker (every probe round, not only changes).
+    Witness {
+        reachable: bool,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -64,6 +68,7 @@ enum In {
     HookFailed(Hook, String),
     ResyncDone,
     ReplicationBroken(String),
+    Witness(bool),
     Tick,
     Shutdown,
 }
@@ -97,6 +102,8 @@ pub struct Driver<V: VipOps> {
     accepted: u64,
     last_drop_report: Option<Instant>,
     reported_drops: u64,
+    /// The splitbrain checker's last verdict (logged when it changes).
+    witness: Option<bool>,
     progress: Option<String>,
     last_progress_log: Option<Instant>,
 }
@@ -155,6 +162,7 @@ impl<V: VipOps> Driver<V> {
             accepted: 0,
             last_drop_report: None,
             reported_drops: 0,
+            witness: None,
             progress: None,
             last_progress_log: None,
         };
@@ -181,6 +189,15 @@ impl<V: VipOps> Driver<V> {
                     Some(Msg::Packet { data, network }) => self.packet(&data, network),
                     Some(Msg::Repl(ev)) => self.repl_event(ev),
                     Some(Msg::Verify { reply }) => self.verify(reply),
+                    Some(Msg::Witness { reachable }) => {
+                        if self.witness != Some(reachable) {
+                            let what = if reachable { "reachable" } else { "NOT reachable" };
+                            let level = if reachable { "INFO" } else { "WARN" };
+                            self.log.append(level, &format!("splitbrain checker: witness {what}"));
+                            self.witness = Some(reachable);
+                        }
+                        self.queue.push_back(In::Witness(reachable));
+                    }
                     Some(Msg::Admin { command, reply }) => {
                         let r = self.admin(command).await;
                         let _ = reply.send(r);
@@ -361,6 +378,7 @@ impl<V: VipOps> Driver<V> {
                     In::HookFailed(hook, reason) => MirrorEvent::HookFailed { hook, reason },
                     In::ResyncDone => MirrorEvent::ResyncDone,
                     In::ReplicationBroken(reason) => MirrorEvent::ReplicationBroken { reason },
+                    In::Witness(reachable) => MirrorEvent::Witness { reachable },
                     In::Tick => MirrorEvent::Tick,
                     In::Shutdown => MirrorEvent::Shutdown,
                 };
@@ -376,7 +394,7 @@ impl<V: VipOps> Driver<V> {
                     }
                     In::PeerLost(node) => FarmEvent::PeerLost { node },
                     In::HookFailed(hook, reason) => FarmEvent::HookFailed { hook, reason },
-                    In::ResyncDone | In::ReplicationBroken(_) => return Ok(()),
+                    In::ResyncDone | In::ReplicationBroken(_) | In::Witness(_) => return Ok(()),
                     In::Tick => FarmEvent::Tick,
                     In::Shutdown => FarmEvent::Shutdown,
                 };

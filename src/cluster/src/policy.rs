@@ -34,6 +34,18 @@ fn loop_limit(cfg: &ModuleConfig) -> u32 {
     }
 }
 
+/// The module's splitbrain checker, if it has one.
+pub fn splitbrain_checker(cfg: &ModuleConfig) -> Option<&tandem_config::Checker> {
+    cfg.checkers.iter().find(|c| matches!(c.kind, CheckerKind::Splitbrain { .. }))
+}
+
+/// How long after losing its peer a primary may wait for a witness verdict newer than the loss:
+/// one probe interval (the next round starts) plus one probe timeout (it ends) plus one
+/// heartbeat timeout (the two nodes notice the loss up to that far apart).
+pub fn witness_deadline(checker: &tandem_config::Checker, cfg: &ModuleConfig) -> std::time::Duration {
+    checker.interval + checker.timeout + cfg.heartbeat.timeout
+}
+
 /// The mirror policy of `local`; None if `local` is not one of the module's two nodes.
 pub fn mirror_policy(cfg: &ModuleConfig, local: &str, witness_checker_active: bool) -> Option<MirrorPolicy> {
     cfg.node(local)?;
@@ -45,7 +57,10 @@ pub fn mirror_policy(cfg: &ModuleConfig, local: &str, witness_checker_active: bo
         CfgPreferred::Node(n) => Preferred::Node(n.clone()),
     };
     p.failover_default = cfg.failover.enabled;
-    p.witness = witness_checker_active && cfg.checkers.iter().any(|c| matches!(c.kind, CheckerKind::Splitbrain { .. }));
+    if let Some(c) = splitbrain_checker(cfg).filter(|_| witness_checker_active) {
+        p.witness = true;
+        p.witness_deadline_ms = ms(witness_deadline(c, cfg));
+    }
     p.start_grace_ms = ms(cfg.heartbeat.timeout);
     p.loop_limit = loop_limit(cfg);
     p.loop_interval_ms = ms(cfg.failover.loop_interval);
@@ -77,6 +92,8 @@ mod tests {
         assert_eq!((p.local.as_str(), p.peer.as_str()), ("n2", "n1"));
         assert_eq!(p.start_grace_ms, 1000);
         assert!(p.witness);
+        // The example's splitbrain checker: default interval and timeout (1 s each) + 1 s heartbeat timeout.
+        assert_eq!(p.witness_deadline_ms, 3000);
         assert_eq!(p.resources.get("vip"), Some(&FailAction::StopStart));
         assert!(!mirror_policy(&cfg, "n2", false).unwrap().witness);
         assert!(mirror_policy(&cfg, "n9", true).is_none());
