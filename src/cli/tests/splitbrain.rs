@@ -4,6 +4,10 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{Cluster, Timers};
 
@@ -26,12 +30,16 @@ const ALONE: i32 = 2;
 const PRIM: i32 = 3;
 const SECOND: i32 = 4;
 
-fn cluster_with_witness() -> Cluster {
-    let mut c = Cluster::new("sb", 1, &TIMERS);
+fn with_witness(c: Cluster) -> Cluster {
     for n in ["n1", "n2"] {
         let module = c.sh(n, "cat /etc/tandem/modules/web/module.toml") + CHECKER;
         c.write(n, "/etc/tandem/modules/web/module.toml", &module, "644");
     }
+    c
+}
+
+fn cluster_with_witness() -> Cluster {
+    let mut c = with_witness(Cluster::new("sb", 1, &TIMERS));
     c.bring_up();
     c
 }
@@ -132,4 +140,64 @@ fn a_split_with_a_witness_never_has_two_serving_nodes() {
     // The side that did not serve joins the survivor again (this module replicates no directory).
     assert!(log.contains("caught up with"), "{log}");
     assert_ne!(c.state("n1"), STOP);
+}
+
+/// The primary is cut off (from its peer and the witness) while an application appends records
+/// with fsync: it holds the write in flight until the witness verdict, steps down, and that write
+/// fails; every record the application saw acknowledged is on the secondary that took over.
+#[test]
+fn an_isolated_primary_acknowledges_nothing_its_successor_lacks() {
+    let mut c = with_witness(Cluster::with_dirs("sz", 1, &TIMERS, &["/srv/web"]));
+    c.bring_up_replicated();
+    let writer = r#"import os, sys
+fd = os.open('/srv/web/records', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+i = 0
+while True:
+    i += 1
+    os.write(fd, ('%08d %s\n' % (i, 'x' * 100)).encode())
+    os.fsync(fd)
+    print(i, flush=True)
+"#;
+    let mut child =
+        c.command("n1", &["python3", "-c", writer]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let last = Arc::new(AtomicUsize::new(0));
+    let seen = last.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            match line.ok().and_then(|l| l.trim().parse::<usize>().ok()) {
+                Some(n) => seen.store(n, Ordering::SeqCst),
+                None => break,
+            }
+        }
+    });
+    let started = Instant::now();
+    while last.load(Ordering::SeqCst) < 20 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the writer's fsyncs do not return");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.lab().cut("n1", None).unwrap();
+    c.wait_state("n2", ALONE, Duration::from_secs(20));
+    assert_eq!(c.state("n1"), WAIT);
+    // The writer's held fsync failed (fenced) and it stopped; what it printed is what it saw acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the writer still runs on the primary that stepped down");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("Errno"), "the writer ended without an I/O error: {err}");
+    let acked = last.load(Ordering::SeqCst);
+    let records = c.sh("n2", "cat /srv/web/records");
+    let lines: Vec<&str> = records.lines().collect();
+    assert!(lines.len() >= acked, "{acked} records acknowledged on n1, {} on n2", lines.len());
+    for (k, l) in lines.iter().enumerate() {
+        assert_eq!(*l, format!("{:08} {}", k + 1, "x".repeat(100)), "record {} damaged", k + 1);
+    }
+    println!("isolated primary: {acked} records acknowledged, {} on the successor; the held one failed", lines.len());
+    c.lab().heal("n1", None).unwrap();
+    c.wait_state("n1", SECOND, Duration::from_secs(60));
+    c.wait_state("n2", PRIM, Duration::from_secs(10));
 }

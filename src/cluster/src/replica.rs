@@ -215,10 +215,19 @@ impl Replica {
         Ok(())
     }
 
-    /// Leaving primary (after the application stopped): close the stream, unmount.
+    /// Leaving primary (after the application stopped): fence, close the stream, unmount.
+    /// Fencing first: a write still waiting for the secondary's acknowledgement (a primary that
+    /// lost its peer holds writes until the witness decides) fails instead of being answered
+    /// when the stream closes, so a primary that steps down never acknowledges what its successor
+    /// lacks. With the application stopped there is nothing in flight and fencing changes nothing.
     pub fn release(&mut self) -> Vec<String> {
-        self.stop_sender();
         let mut notes = Vec::new();
+        for fs in &self.fs {
+            if !fs.fence() {
+                notes.push(format!("could not abort the FUSE connection of {}", fs.mountpoint().display()));
+            }
+        }
+        self.stop_sender();
         for fs in self.fs.drain(..) {
             let dir = fs.mountpoint().to_owned();
             match Arc::try_unwrap(fs) {

@@ -298,6 +298,14 @@ impl ReplicatedFs {
         self.stop()
     }
 
+    /// Fails, at once, every request the applications have in flight through the mount and every
+    /// later one (the FUSE connection is aborted: they get ENOTCONN). For a node that stops being
+    /// primary: a write still waiting for the secondary must fail rather than be answered once the
+    /// stream is closed, as this copy may be about to be discarded. Unmount afterwards as usual.
+    pub fn fence(&self) -> bool {
+        self.connection.map(abort_connection).unwrap_or(false)
+    }
+
     fn stop(&mut self) -> Result<(), FsError> {
         let Some(session) = self.session.take() else { return Ok(()) };
         let target = cstring(&self.mountpoint)?;
