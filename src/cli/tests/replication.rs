@@ -285,3 +285,26 @@ fn a_mixed_random_write_load_with_fsync_ends_identical() {
     assert_eq!(listing(&c, "n1"), listing(&c, "n2"));
     println!("fio: {writes} writes, {fsyncs} fsyncs, then verify: identical");
 }
+
+/// Degraded mode: the secondary's disk fills up, so an operation fails there; the primary goes
+/// ALONE with the reason in its log and the application's writes go on; the secondary waits.
+#[test]
+fn a_full_secondary_disk_degrades_the_primary_to_alone_without_stopping_the_application() {
+    let mut c = Cluster::with_dirs("rd", 1, &DEFAULT_TIMERS, &[DIR]);
+    // n2's copy lives on a 16 MiB file system.
+    c.sh("n2", "mount -t tmpfs -o size=16m tandem-test-small /srv/web");
+    c.bring_up_replicated();
+    let out = c.run("n1", &["dd", "if=/dev/zero", "of=/srv/web/big", "bs=1M", "count=48", "conv=fsync"]);
+    assert!(out.status.success(), "the application's writes failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.sh("n1", "stat -c %s /srv/web/big"), format!("{}\n", 48 << 20));
+    c.wait_state("n1", 2, Duration::from_secs(10));
+    let log = c.log("n1");
+    assert!(log.contains("replication broken") && log.contains("No space left on device"), "{log}");
+    let state = c.state("n2");
+    assert!(state == 1 || state == 4, "n2 waits (WAIT, or SECOND catching up again): state {state}");
+    assert!(c.log("n2").contains("No space left on device"), "{}", c.log("n2"));
+    // The application goes on writing ALONE.
+    c.sh("n1", "echo after > /srv/web/after && sync");
+    assert_eq!(c.sh("n1", "cat /srv/web/after"), "after\n");
+    c.sh("n2", "umount -l /srv/web 2>/dev/null || true");
+}

@@ -116,15 +116,91 @@ pub enum FrameError {
 
 /// Encodes `frame` with its length prefix and version byte.
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; 5];
-    out[4] = WIRE_VERSION;
-    let mut out = postcard::to_io(frame, out).map_err(FrameError::Encode)?;
-    let len = out.len() - 4;
+    let mut out = Vec::new();
+    encode_into(frame, &mut out)?;
+    Ok(out)
+}
+
+/// Appends what `encode` returns to `out`. The channel writer encodes straight into the buffer it
+/// then seals in place, so the data of a write is copied once on its way to the wire (`out` is
+/// reused: no growth after the first large frame). On error `out` is left as it was.
+pub fn encode_into(frame: &Frame, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, WIRE_VERSION]);
+    if let Err(e) = postcard::to_io(frame, &mut *out) {
+        out.truncate(at);
+        return Err(FrameError::Encode(e));
+    }
+    let len = out.len() - at - 4;
+    if len > MAX_FRAME_LEN {
+        out.truncate(at);
+        return Err(FrameError::Length(len));
+    }
+    out[at..at + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Writes of at least this many bytes are not copied into an `Ops` frame by `encode_ops_spliced`.
+pub const SPLICE_MIN: usize = 32 << 10;
+
+/// Encodes `Frame::Ops { first_seq, ops }` as `encode_into` does, except that the data of each
+/// write of at least `SPLICE_MIN` bytes is moved out of its op instead of copied: `(at, data)` is
+/// pushed on `spliced`, meaning `data` belongs at offset `at` of `out` (offsets ascending). The
+/// channel writer seals those buffers where they lie, so the primary never copies their bytes.
+/// On error `out` and `spliced` are left as they were.
+pub fn encode_ops_spliced(
+    first_seq: u64,
+    mut ops: Vec<Op>,
+    out: &mut Vec<u8>,
+    spliced: &mut Vec<(usize, Vec<u8>)>,
+) -> Result<(), FrameError> {
+    let (at, spliced_at) = (out.len(), spliced.len());
+    let r = encode_ops_spliced_(first_seq, &mut ops, at, out, spliced);
+    if r.is_err() {
+        out.truncate(at);
+        spliced.truncate(spliced_at);
+    }
+    r
+}
+
+fn encode_ops_spliced_(
+    first_seq: u64,
+    ops: &mut [Op],
+    at: usize,
+    out: &mut Vec<u8>,
+    spliced: &mut Vec<(usize, Vec<u8>)>,
+) -> Result<(), FrameError> {
+    fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), FrameError> {
+        postcard::to_io(v, &mut *out).map_err(FrameError::Encode).map(drop)
+    }
+    // postcard: a sequence or a byte string is its length (varint, as a u64) then its items, and
+    // both end their value here. Encode each with no items, replace that empty length (one zero
+    // byte) with the real one, and the items follow.
+    fn put_prefix<T: Serialize>(out: &mut Vec<u8>, empty: &T, len: usize) -> Result<(), FrameError> {
+        put(out, empty)?;
+        debug_assert_eq!(out.last(), Some(&0));
+        out.pop();
+        put(out, &(len as u64))
+    }
+    out.extend_from_slice(&[0, 0, 0, 0, WIRE_VERSION]);
+    put_prefix(out, &Frame::Ops { first_seq, ops: Vec::new() }, ops.len())?;
+    let mut moved = 0;
+    for op in ops {
+        match op {
+            Op::Write { fh, offset, data } if data.len() >= SPLICE_MIN => {
+                put_prefix(out, &Op::Write { fh: *fh, offset: *offset, data: Vec::new() }, data.len())?;
+                moved += data.len();
+                spliced.push((out.len(), std::mem::take(data)));
+            }
+            op => put(out, op)?,
+        }
+    }
+    let len = out.len() - at - 4 + moved;
     if len > MAX_FRAME_LEN {
         return Err(FrameError::Length(len));
     }
-    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(out)
+    out[at..at + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
 }
 
 /// Size of `frame` once encoded (length prefix included), without building it.
@@ -270,6 +346,39 @@ mod tests {
         let f = encode(&samples()[1]).unwrap();
         let r = read_frame(&mut &f[..10], &mut Vec::new());
         assert!(matches!(r, Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof));
+    }
+
+    #[test]
+    fn spliced_encoding_is_the_same_bytes() {
+        let big = |n: usize| (0..n).map(|i| i as u8).collect::<Vec<u8>>();
+        let ops = vec![
+            Op::Write { fh: 1, offset: 0, data: big(SPLICE_MIN) },
+            Op::Write { fh: 300, offset: u64::MAX, data: big(SPLICE_MIN - 1) },
+            Op::Write { fh: 2, offset: 1 << 40, data: big(1 << 20) },
+            Op::Write { fh: 2, offset: 7, data: big(200_000) },
+            Op::Close { fh: 2 },
+        ];
+        for ops in [ops.clone(), ops[..1].to_vec(), ops[4..].to_vec(), vec![]] {
+            let whole = encode(&Frame::Ops { first_seq: 1 << 33, ops: ops.clone() }).unwrap();
+            let mut out = b"before".to_vec();
+            let mut spliced = Vec::new();
+            encode_ops_spliced(1 << 33, ops.clone(), &mut out, &mut spliced).unwrap();
+            let mut joined = Vec::new();
+            let mut from = 0;
+            for (at, data) in &spliced {
+                joined.extend_from_slice(&out[from..*at]);
+                joined.extend_from_slice(data);
+                from = *at;
+            }
+            joined.extend_from_slice(&out[from..]);
+            assert_eq!(joined[6..], whole[..]);
+            let n_big = ops.iter().filter(|o| matches!(o, Op::Write { data, .. } if data.len() >= SPLICE_MIN)).count();
+            assert_eq!(spliced.len(), n_big);
+        }
+        let f = vec![Op::Write { fh: 1, offset: 0, data: vec![0; MAX_FRAME_LEN] }];
+        let (mut out, mut spliced) = (b"kept".to_vec(), Vec::new());
+        assert!(matches!(encode_ops_spliced(1, f, &mut out, &mut spliced), Err(FrameError::Length(_))));
+        assert_eq!((&out[..], spliced.len()), (&b"kept"[..], 0));
     }
 
     #[test]

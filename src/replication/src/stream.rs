@@ -212,8 +212,11 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when acks arrive or the stream breaks (waiters).
-    acked: Condvar,
+    /// Per level, signalled when the acknowledged seq of that level advances or the stream breaks:
+    /// a `Written` waiter is not woken by the `Received` ack before it.
+    acked: [Condvar; 3],
+    /// Signalled when a manifest arrives or the stream breaks (`verify`, `wait_broken`).
+    event: Condvar,
     /// Signalled when there is work for the writer thread.
     work: Condvar,
     peer: SocketAddr,
@@ -234,9 +237,16 @@ impl Shared {
             st.broken = Some(Arc::new(cause));
         }
         let _ = self.sock.shutdown(Shutdown::Both);
-        self.acked.notify_all();
-        self.work.notify_all();
+        self.wake_all();
         st.broken.clone().expect("just set")
+    }
+
+    fn wake_all(&self) {
+        for c in &self.acked {
+            c.notify_all();
+        }
+        self.event.notify_all();
+        self.work.notify_all();
     }
 }
 
@@ -289,7 +299,8 @@ impl Sender {
                 verify_results: std::collections::HashMap::new(),
                 next_verify: 1,
             }),
-            acked: Condvar::new(),
+            acked: Default::default(),
+            event: Condvar::new(),
             work: Condvar::new(),
             peer,
             sock,
@@ -374,7 +385,8 @@ impl Sender {
                 let cause = self.shared.break_with(&mut st, ReplError::Timeout { peer, seq, level, timeout });
                 return Err(ReplError::Broken { peer, cause });
             }
-            st = self.shared.acked.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            let cv = &self.shared.acked[level_index(level)];
+            st = cv.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
@@ -405,7 +417,7 @@ impl Sender {
             if now >= deadline {
                 return Err(ReplError::Timeout { peer, seq: upto, level: AckLevel::Written, timeout });
             }
-            st = self.shared.acked.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            st = self.shared.event.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
@@ -420,7 +432,7 @@ impl Sender {
             if now >= deadline {
                 return None;
             }
-            st = self.shared.acked.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            st = self.shared.event.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
@@ -444,8 +456,7 @@ impl Sender {
         {
             let mut st = self.shared.lock();
             st.closing = true;
-            self.shared.work.notify_all();
-            self.shared.acked.notify_all();
+            self.shared.wake_all();
         }
         if let Some(rx) = self.writer_done.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let start = Instant::now();
@@ -522,7 +533,7 @@ fn send_loop(shared: &Shared, mut w: ChannelWriter) {
         };
         let mut r = Ok(());
         if !ops.is_empty() {
-            r = w.write_frame(&Frame::Ops { first_seq, ops });
+            r = w.write_ops(first_seq, ops);
         }
         if r.is_ok() && flush {
             r = w.write_frame(&Frame::Flush);
@@ -552,15 +563,17 @@ fn ack_loop(shared: &Shared, mut r: ChannelReader) {
                     ReplError::Protocol { peer, detail: format!("ack of {seq}, only {} sent", st.sent) }
                 } else {
                     for l in 0..=level_index(level) {
-                        st.acked[l] = st.acked[l].max(seq);
+                        if seq > st.acked[l] {
+                            st.acked[l] = seq;
+                            shared.acked[l].notify_all();
+                        }
                     }
-                    shared.acked.notify_all();
                     continue;
                 }
             }
             Ok(Some(Frame::Manifest { id, manifest })) => {
                 st.verify_results.insert(id, manifest);
-                shared.acked.notify_all();
+                shared.event.notify_all();
                 continue;
             }
             Ok(Some(Frame::Error { message })) => ReplError::Peer { peer, message },
@@ -709,11 +722,21 @@ impl Receiver {
                     }
                     next += ops.len() as u64;
                     let ack = Frame::Ack { seq: next - 1, level: AckLevel::Received };
+                    // Hand the batch to the applier before acknowledging it, so that the ack is
+                    // sent while the applier works; if the queue is full, acknowledge first (the
+                    // batch is in memory) and then wait for room.
+                    let full = match tx.try_send(Work::Batch { first_seq, ops }) {
+                        Ok(()) => None,
+                        Err(mpsc::TrySendError::Full(work)) => Some(work),
+                        Err(mpsc::TrySendError::Disconnected(_)) => break Ok(()), // the applier stopped: its error is the result
+                    };
                     if let Err(source) = writer.lock().unwrap_or_else(|p| p.into_inner()).send_frame(&ack) {
                         break Err(ReplError::Frame { peer, source });
                     }
-                    if tx.send(Work::Batch { first_seq, ops }).is_err() {
-                        break Ok(()); // the applier stopped: its error is the result
+                    if let Some(work) = full {
+                        if tx.send(work).is_err() {
+                            break Ok(());
+                        }
                     }
                 }
                 Frame::Flush => {

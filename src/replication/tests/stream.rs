@@ -303,7 +303,7 @@ fn malformed_frame_closes_without_applying() {
             Box::new({
                 let v = valid.clone();
                 move |_, raw| {
-                    let mut rec = vec![0, v.len() as u8 + 16];
+                    let mut rec = (v.len() as u32 + 16).to_be_bytes().to_vec();
                     rec.extend_from_slice(&v);
                     rec.extend_from_slice(&[0u8; 16]);
                     raw.write_all(&rec).unwrap();
@@ -473,4 +473,30 @@ fn stream_throughput() {
     s.close();
     rx.join().unwrap().unwrap();
     println!("stream: {N} MiB of 1 MiB writes, Written acks, in {secs:.2} s = {:.0} MiB/s", N as f64 / secs);
+}
+
+/// Latency of one synchronous writer (submit, then wait for `Written`), as the FUSE layer does for
+/// an application writing 4 KiB or 1 MiB at a time: `cargo test --release -p tandem-replication
+/// --test stream stream_latency_of_one_writer -- --ignored --nocapture`.
+#[test]
+#[ignore = "a latency measurement, not a check: run with --ignored --nocapture"]
+fn stream_latency_of_one_writer() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let (addr, rx) = secondary(dir.path(), KEY);
+    let s = primary(addr);
+    s.submit(create(1, "big")).unwrap();
+    for size in [4096usize, 1 << 20] {
+        let chunk = vec![0x5au8; size];
+        let mut lat = Vec::new();
+        for i in 0..300u64 {
+            let t = Instant::now();
+            let seq = s.submit(write(1, i * size as u64, &chunk)).unwrap();
+            s.wait(seq, AckLevel::Written, T).unwrap();
+            lat.push(t.elapsed().as_micros() as u64);
+        }
+        lat.sort();
+        println!("stream: one writer of {size} B, Written: p50 {} µs p99 {} µs", lat[150], lat[297]);
+    }
+    s.close();
+    rx.join().unwrap().unwrap();
 }
