@@ -263,7 +263,9 @@ fn bench() -> Result<bool> {
     let prefix = std::env::var("BENCH_LAB_PREFIX").unwrap_or_else(|_| format!("rb{}", std::process::id() % 100_000));
     let lab_name = format!("{prefix}-0");
     eprintln!(
-        "bench replication: {runs} run(s) of 2 jobs on 3 targets in lab {lab_name}; working directory {}",
+        "bench replication: {runs} run(s) of {} jobs on {} targets in lab {lab_name}; working directory {}",
+        JOBS.len(),
+        TARGETS.len(),
         workdir.display()
     );
 
