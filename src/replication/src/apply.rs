@@ -12,11 +12,14 @@
 //!
 //! Durability: after `Op::Fsync` returns Ok, every operation applied before it is durable, not only
 //! the file named (the stream acknowledges Durable cumulatively). The applier tracks what is dirty
-//! since the last sync: when only data of open handles changed (a database appending to its log),
-//! it fsyncs those handles; when the namespace or metadata changed, or a dirty file was closed, it
-//! calls syncfs on the replica's file system.
+//! since the last sync and fsyncs exactly that: the open handles with unsynced data, the files
+//! closed with unsynced data (kept open until the sync), the entries whose metadata changed and the
+//! directories whose entries changed (files before directories). Only when that set grows past
+//! `MAX_DIRTY`, or names something it cannot fsync by name (a symlink, a device, a name renamed
+//! away since), or for `Fsync` without a handle, does it call syncfs: on a disk shared with other
+//! work, syncfs flushes everything dirty there, which can take seconds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
@@ -137,13 +140,56 @@ pub fn validate(path: &RelPath) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Entries (paths and closed files) tracked one by one before a sync falls back to syncfs.
+const MAX_DIRTY: usize = 1024;
+
 /// What is not yet durable since the last sync.
 #[derive(Default)]
 struct Dirty {
     /// Open handles with unsynced data.
     handles: HashSet<Handle>,
-    /// Namespace or metadata changes, or data of a file no longer open: needs syncfs.
+    /// Files closed with unsynced data, kept open until the sync.
+    closed: Vec<File>,
+    /// Entries whose inode changed (metadata; for directories, their entries), by path.
+    paths: BTreeSet<Vec<u8>>,
+    /// Too much to sync one by one, or a whole-replica sync was asked: syncfs.
     other: bool,
+}
+
+impl Dirty {
+    fn touch(&mut self, path: &[u8]) {
+        if self.other {
+            return;
+        }
+        self.paths.insert(path.to_vec());
+        if self.paths.len() + self.closed.len() > MAX_DIRTY {
+            self.overflow();
+        }
+    }
+
+    fn touch_parent(&mut self, path: &[u8]) {
+        let parent = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &path[..i],
+            None => b"",
+        };
+        self.touch(parent);
+    }
+
+    fn closed_dirty(&mut self, f: File) {
+        if self.other {
+            return;
+        }
+        self.closed.push(f);
+        if self.paths.len() + self.closed.len() > MAX_DIRTY {
+            self.overflow();
+        }
+    }
+
+    fn overflow(&mut self) {
+        self.other = true;
+        self.paths.clear();
+        self.closed.clear();
+    }
 }
 
 pub struct Applier {
@@ -152,6 +198,8 @@ pub struct Applier {
     /// Other file systems mounted on the root's children (a module with several directories:
     /// the root holds a bind mount of each), which a whole-replica sync must reach too.
     mounts: Vec<OwnedFd>,
+    /// Syncs that fell back to syncfs (for tests and diagnostics).
+    whole_syncs: u64,
     files: HashMap<Handle, File>,
     dirty: Dirty,
 }
@@ -169,11 +217,23 @@ impl Applier {
         let err = |e: Errno| ApplyError::Root { root: root.to_owned(), source: e.into() };
         let fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(err)?;
         let mounts = child_mounts(&fd).map_err(err)?;
-        Ok(Applier { root: fd, root_path: root.to_owned(), mounts, files: HashMap::new(), dirty: Dirty::default() })
+        Ok(Applier {
+            root: fd,
+            root_path: root.to_owned(),
+            mounts,
+            whole_syncs: 0,
+            files: HashMap::new(),
+            dirty: Dirty::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
         &self.root_path
+    }
+
+    /// How many syncs had to sync the whole replica (syncfs) rather than what changed.
+    pub fn whole_syncs(&self) -> u64 {
+        self.whole_syncs
     }
 
     /// Number of handles open on behalf of the primary.
@@ -183,14 +243,18 @@ impl Applier {
 
     /// True if nothing was changed since the last sync.
     pub fn is_clean(&self) -> bool {
-        self.dirty.handles.is_empty() && !self.dirty.other
+        self.dirty.handles.is_empty()
+            && !self.dirty.other
+            && self.dirty.paths.is_empty()
+            && self.dirty.closed.is_empty()
     }
 
     /// Closes every handle (the stream ended: the next stream opens its own).
     pub fn close_all(&mut self) {
-        if !self.dirty.handles.is_empty() {
-            self.dirty.other = true;
-            self.dirty.handles.clear();
+        for fh in std::mem::take(&mut self.dirty.handles) {
+            if let Some(f) = self.files.remove(&fh) {
+                self.dirty.closed_dirty(f);
+            }
         }
         self.files.clear();
     }
@@ -202,12 +266,8 @@ impl Applier {
 
     fn sync_with(&mut self, datasync_fh: Option<Handle>) -> Result<(), ApplyError> {
         let err = |what: String| move |e: Errno| ApplyError::Os { op: "fsync", what, source: e.into() };
-        if self.dirty.other {
-            rfs::syncfs(&self.root).map_err(err(format!("syncfs of {}", self.root_path.display())))?;
-            for m in &self.mounts {
-                rfs::syncfs(m).map_err(err(format!("syncfs of a directory under {}", self.root_path.display())))?;
-            }
-        } else {
+        let mut whole = self.dirty.other;
+        if !whole {
             for fh in &self.dirty.handles {
                 let f = &self.files[fh];
                 if Some(*fh) == datasync_fh {
@@ -216,9 +276,51 @@ impl Applier {
                     rfs::fsync(f).map_err(err(format!("handle {fh}")))?;
                 }
             }
+            for f in &self.dirty.closed {
+                rfs::fsync(f).map_err(err("a closed file".into()))?;
+            }
+            // Deepest first: an entry's inode before the directory that names it.
+            let mut paths: Vec<&Vec<u8>> = self.dirty.paths.iter().collect();
+            paths.sort_by_key(|p| {
+                std::cmp::Reverse(p.iter().filter(|&&b| b == b'/').count() + usize::from(!p.is_empty()))
+            });
+            for p in paths {
+                if !self.fsync_path(p) {
+                    whole = true;
+                    break;
+                }
+            }
+        }
+        if whole {
+            self.whole_syncs += 1;
+            rfs::syncfs(&self.root).map_err(err(format!("syncfs of {}", self.root_path.display())))?;
+            for m in &self.mounts {
+                rfs::syncfs(m).map_err(err(format!("syncfs of a directory under {}", self.root_path.display())))?;
+            }
         }
         self.dirty = Dirty::default();
         Ok(())
+    }
+
+    /// fsyncs the regular file or directory at `path`; false when that is not possible by name
+    /// (gone or renamed since, a symlink, a device or fifo that must not be opened, an error):
+    /// the caller then syncs the whole replica.
+    fn fsync_path(&self, path: &[u8]) -> bool {
+        let rel = RelPath(path.to_vec());
+        let Ok(probe) = self.open_beneath(&rel, OFlags::PATH, 0) else { return false };
+        let kind = match rfs::fstat(&probe) {
+            Ok(st) => FileType::from_raw_mode(st.st_mode),
+            Err(_) => return false,
+        };
+        let flags = match kind {
+            FileType::Directory => OFlags::RDONLY | OFlags::DIRECTORY,
+            FileType::RegularFile => OFlags::RDONLY | OFlags::NONBLOCK,
+            _ => return false,
+        };
+        match self.open_beneath(&rel, flags, 0) {
+            Ok(fd) => rfs::fsync(&fd).is_ok(),
+            Err(_) => false,
+        }
     }
 
     fn file(&self, op: &'static str, fh: Handle) -> Result<&File, ApplyError> {
@@ -293,7 +395,7 @@ impl Applier {
                 }
                 .map_err(oe(name, || show(&path.0)))?;
                 if !trunc.is_empty() {
-                    self.dirty.other = true;
+                    self.dirty.handles.insert(*fh);
                 }
                 self.files.insert(*fh, File::from(fd));
             }
@@ -318,14 +420,15 @@ impl Applier {
                     }
                     Err(e) => return Err(oe(name, || show(&path.0))(e)),
                 };
-                self.dirty.other = true;
+                self.dirty.touch_parent(&path.0);
+                self.dirty.handles.insert(*fh);
                 self.files.insert(*fh, File::from(fd));
             }
             Op::Close { fh } => {
-                self.files.remove(fh).ok_or(ApplyError::UnknownHandle { op: name, fh: *fh })?;
-                // Its unsynced data can now only be reached by syncfs.
+                let f = self.files.remove(fh).ok_or(ApplyError::UnknownHandle { op: name, fh: *fh })?;
+                // Its unsynced data stays reachable: the file is kept open until the next sync.
                 if self.dirty.handles.remove(fh) {
-                    self.dirty.other = true;
+                    self.dirty.closed_dirty(f);
                 }
             }
             Op::Write { fh, offset, data } => {
@@ -346,7 +449,7 @@ impl Applier {
                 check(path)?;
                 let fd = self.open_beneath(path, OFlags::WRONLY, 0).map_err(oe(name, || show(&path.0)))?;
                 rfs::ftruncate(&fd, *size).map_err(oe(name, || format!("{} to {size}", show(&path.0))))?;
-                self.dirty.other = true;
+                self.dirty.touch(&path.0);
             }
             Op::Fallocate { fh, mode, offset, len } => {
                 let f = self.file(name, *fh)?;
@@ -373,24 +476,25 @@ impl Applier {
                 rfs::mknodat(self.dir(&l), &l.name, ft, Mode::from_raw_mode(mode & 0o7777), *rdev)
                     .map_err(oe(name, || show(&path.0)))?;
                 self.own_and_mode(name, &l, path, *uid, *gid, Some(*mode))?;
-                self.dirty.other = true;
+                self.dirty.touch_parent(&path.0);
             }
             Op::Mkdir { path, mode, uid, gid } => {
                 let l = self.locate(name, path)?;
                 rfs::mkdirat(self.dir(&l), &l.name, Mode::from_raw_mode(mode & 0o7777))
                     .map_err(oe(name, || show(&path.0)))?;
                 self.own_and_mode(name, &l, path, *uid, *gid, Some(*mode))?;
-                self.dirty.other = true;
+                self.dirty.touch(&path.0);
+                self.dirty.touch_parent(&path.0);
             }
             Op::Unlink { path } => {
                 let l = self.locate(name, path)?;
                 rfs::unlinkat(self.dir(&l), &l.name, AtFlags::empty()).map_err(oe(name, || show(&path.0)))?;
-                self.dirty.other = true;
+                self.dirty.touch_parent(&path.0);
             }
             Op::Rmdir { path } => {
                 let l = self.locate(name, path)?;
                 rfs::unlinkat(self.dir(&l), &l.name, AtFlags::REMOVEDIR).map_err(oe(name, || show(&path.0)))?;
-                self.dirty.other = true;
+                self.dirty.touch_parent(&path.0);
             }
             Op::Symlink { path, target, uid, gid } => {
                 let l = self.locate(name, path)?;
@@ -402,7 +506,7 @@ impl Applier {
                 // The target is stored, never resolved by us: it may point anywhere.
                 rfs::symlinkat(&t, self.dir(&l), &l.name).map_err(oe(name, || show(&path.0)))?;
                 self.own_and_mode(name, &l, path, *uid, *gid, None)?;
-                self.dirty.other = true;
+                self.dirty.touch_parent(&path.0);
             }
             Op::Link { from, to } => {
                 let a = self.locate(name, from)?;
@@ -410,46 +514,54 @@ impl Applier {
                 // No AT_SYMLINK_FOLLOW: a symlink is linked itself, as link(2) does on Linux.
                 rfs::linkat(self.dir(&a), &a.name, self.dir(&b), &b.name, AtFlags::empty())
                     .map_err(oe(name, || format!("{} -> {}", show(&from.0), show(&to.0))))?;
-                self.dirty.other = true;
+                // The new name, and the inode's link count (through a name it still has).
+                self.dirty.touch_parent(&to.0);
+                self.dirty.touch(&to.0);
             }
             Op::Rename { from, to, flags } => {
                 let a = self.locate(name, from)?;
                 let b = self.locate(name, to)?;
                 rfs::renameat_with(self.dir(&a), &a.name, self.dir(&b), &b.name, RenameFlags::from_bits_retain(*flags))
                     .map_err(oe(name, || format!("{} -> {} (flags {flags:#x})", show(&from.0), show(&to.0))))?;
-                self.dirty.other = true;
+                self.dirty.touch_parent(&from.0);
+                self.dirty.touch_parent(&to.0);
+                // A directory moved to another parent changes its own `..`.
+                self.dirty.touch(&to.0);
+                if *flags & RenameFlags::EXCHANGE.bits() != 0 {
+                    self.dirty.touch(&from.0);
+                }
             }
             Op::Chmod { path, mode } => {
                 check(path)?;
                 self.chmod(name, path, *mode)?;
-                self.dirty.other = true;
+                self.dirty.touch(&path.0);
             }
             Op::Chown { path, uid, gid } => {
                 let l = self.locate(name, path)?;
                 rfs::chownat(self.dir(&l), &l.name, uid.map(uid_of), gid.map(gid_of), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(oe(name, || show(&path.0)))?;
-                self.dirty.other = true;
+                self.dirty.touch(&path.0);
             }
             Op::SetTimes { path, atime, mtime } => {
                 let l = self.locate(name, path)?;
                 let t = Timestamps { last_access: timespec(atime), last_modification: timespec(mtime) };
                 rfs::utimensat(self.dir(&l), &l.name, &t, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(oe(name, || show(&path.0)))?;
-                self.dirty.other = true;
+                self.dirty.touch(&path.0);
             }
             Op::SetXattr { path, name: xname, value, flags } => {
                 let l = self.locate(name, path)?;
                 let n = xattr_name(name, xname)?;
                 rfs::lsetxattr(self.proc_path(&l), &n, value, XattrFlags::from_bits_retain(*flags as u32))
                     .map_err(oe(name, || format!("{} {}", show(&path.0), show(xname))))?;
-                self.dirty.other = true;
+                self.dirty.touch(&path.0);
             }
             Op::RemoveXattr { path, name: xname } => {
                 let l = self.locate(name, path)?;
                 let n = xattr_name(name, xname)?;
                 rfs::lremovexattr(self.proc_path(&l), &n)
                     .map_err(oe(name, || format!("{} {}", show(&path.0), show(xname))))?;
-                self.dirty.other = true;
+                self.dirty.touch(&path.0);
             }
         }
         Ok(())

@@ -371,3 +371,46 @@ fn symlinks_never_lead_out_of_the_root() {
     assert_ne!(m.uid(), 5);
     assert!(!outside.path().join("new").exists());
 }
+
+/// An fsync makes durable exactly what changed (files, then the directories that name them) and
+/// falls back to syncfs only for what cannot be synced by name, a whole-replica sync, or too much.
+#[test]
+fn fsync_syncs_what_changed_and_falls_back_to_syncfs_only_when_it_must() {
+    let (d, mut a) = setup();
+    a.apply(&Op::Mkdir { path: p("dir"), mode: 0o755, uid: 0, gid: 0 }).unwrap();
+    create(&mut a, 1, "dir/f");
+    write(&mut a, 1, 0, b"data");
+    a.apply(&Op::Close { fh: 1 }).unwrap();
+    create(&mut a, 2, "g");
+    write(&mut a, 2, 0, b"more");
+    a.apply(&Op::Rename { from: p("dir/f"), to: p("h"), flags: 0 }).unwrap();
+    a.apply(&Op::Chmod { path: p("h"), mode: 0o600 }).unwrap();
+    a.apply(&Op::SetXattr { path: p("dir"), name: b"user.k".to_vec(), value: b"v".to_vec(), flags: 0 }).unwrap();
+    assert!(!a.is_clean());
+    a.apply(&Op::Fsync { fh: Some(2), datasync: false }).unwrap();
+    assert!(a.is_clean());
+    assert_eq!(a.whole_syncs(), 0, "everything here can be synced by name");
+    assert_eq!(read(d.path(), "h"), b"data");
+
+    // A symlink's owner cannot be synced by name: syncfs.
+    a.apply(&Op::Symlink { path: p("l"), target: b"h".to_vec(), uid: 0, gid: 0 }).unwrap();
+    a.apply(&Op::Chown { path: p("l"), uid: Some(7), gid: None }).unwrap();
+    a.apply(&Op::Fsync { fh: Some(2), datasync: true }).unwrap();
+    assert_eq!(a.whole_syncs(), 1);
+    // A name changed and then renamed away: syncfs rather than miss it.
+    a.apply(&Op::Chmod { path: p("h"), mode: 0o644 }).unwrap();
+    a.apply(&Op::Rename { from: p("h"), to: p("dir/h2"), flags: 0 }).unwrap();
+    a.apply(&Op::Fsync { fh: Some(2), datasync: false }).unwrap();
+    assert_eq!(a.whole_syncs(), 2);
+    // The primary asks for the whole replica.
+    a.apply(&Op::Fsync { fh: None, datasync: false }).unwrap();
+    assert_eq!(a.whole_syncs(), 3);
+    // Too many changes to track one by one.
+    for i in 0..1100u64 {
+        create(&mut a, 100 + i, &format!("dir/many{i}"));
+        a.apply(&Op::Close { fh: 100 + i }).unwrap();
+    }
+    a.apply(&Op::Fsync { fh: Some(2), datasync: false }).unwrap();
+    assert_eq!(a.whole_syncs(), 4);
+    assert!(a.is_clean());
+}
