@@ -37,6 +37,13 @@ fi
 
 command -v cargo >/dev/null 2>&1 || die "cargo is missing: install the Rust toolchain (rustup) first"
 
+# WASM plugins (plugins/) build for wasm32-wasip2.
+if command -v rustup >/dev/null 2>&1; then
+  rustup target list --installed | grep -qx wasm32-wasip2 || { log "installing the wasm32-wasip2 target"; rustup target add wasm32-wasip2 >/dev/null; }
+else
+  log "warning: no rustup: the plugins need the wasm32-wasip2 standard library installed by hand"
+fi
+
 # Kernel features the lab relies on; fail early with a clear message rather than deep in a test.
 probe="tandem-setup-probe-$$"
 ip netns add "$probe" 2>/dev/null || die "cannot create a network namespace (ip netns add)"

@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# The plugins (plugins/dist/*.wasm) that the plugin host's tests and the lab tests load.
+./scripts/build-plugins.sh
+# The plugin SDK's own unit tests run on the host (plugins/ builds for wasm32-wasip2 by default).
+(cd plugins && cargo test --quiet -p tandem-plugin-sdk --target "$(rustc -vV | sed -n 's/^host: //p')")
 cargo build --workspace --all-targets
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

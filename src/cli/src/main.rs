@@ -5,6 +5,7 @@ mod config_cmd;
 mod control_cmd;
 mod daemon_cmd;
 mod lab_cmd;
+mod plugin_cmd;
 
 use clap::{Parser, Subcommand};
 use control_cmd::Target;
@@ -53,6 +54,8 @@ enum Command {
     Config(config_cmd::ConfigArgs),
     /// A cluster of simulated nodes on this machine, for demos, tests and trying modules.
     Lab(lab_cmd::LabArgs),
+    /// Write and try WASM plugins: scaffold a plugin crate, run one call in the real host.
+    Plugin(plugin_cmd::PluginArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => daemon_cmd::run_cluster(args),
         Command::Config(args) => config_cmd::run(args),
         Command::Lab(args) => lab_cmd::run(args),
+        Command::Plugin(args) => plugin_cmd::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -6,7 +6,7 @@
 
 use crate::control::{ModuleStatus, PeerStatus, Response};
 use crate::daemon::{VipOps, VipSpec};
-use crate::hooks::{run_hook, HookCall};
+use crate::hooks::{run_hook, run_plugin_hook, HookCall};
 use crate::liveness::Liveness;
 use crate::modlog::ModLog;
 use crate::replica::{ReplEvent, Replica};
@@ -540,13 +540,20 @@ impl<V: VipOps> Driver<V> {
 
     async fn hook(&mut self, hook: Hook, current: State, next: State, cause: tandem_machine::Cause) {
         let Some(point) = HookPoint::ALL.into_iter().find(|p| p.key() == hook.as_str()) else { return };
-        let Some(cfg) = self.cfg.hooks.get(point).cloned() else { return };
+        // A command in [hooks] runs at its point; every other point calls the plugin, if any.
+        let command = self.cfg.hooks.get(point).cloned();
+        if command.is_none() && self.cfg.plugin.is_none() {
+            return;
+        }
         // Stop hooks run gracefully, then with `force` to make sure everything is down.
         let passes: &[bool] = if hook.is_start() || hook == Hook::Prestart { &[false] } else { &[false, true] };
         let mut last_ok = true;
         for &force in passes {
             let call = HookCall { module: &self.cfg.name, node: &self.node, hook, current, next, cause, force };
-            let o = run_hook(&cfg.argv, cfg.timeout, &call, &self.dir.join("hooks")).await;
+            let o = match &command {
+                Some(cfg) => run_hook(&cfg.argv, cfg.timeout, &call, &self.dir.join("hooks")).await,
+                None => run_plugin_hook(&self.cfg, &self.dir, self.cfg.hooks.timeout, &call).await,
+            };
             let mode = if force { " (force)" } else { "" };
             let mut msg = format!("hook {hook}{mode} ({current} -> {next}, {cause}): {}", o.summary);
             if !o.output.is_empty() {

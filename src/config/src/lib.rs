@@ -37,11 +37,11 @@ pub use check::{check_files, detect_kind, CheckReport, FileKind, FileReport, Loa
 pub use cluster::{load_cluster, parse_cluster, ClusterConfig, ClusterNode, Network, DEFAULT_PORT_BASE, MAX_PORT_BASE};
 pub use error::{ConfigError, ConfigErrors};
 pub use module::{
-    load_module, parse_module, AckMode, Balance, Checker, CheckerAction, CheckerKind, Failover, Farm, Heartbeat, Hook,
-    HookPoint, Hooks, ModuleConfig, ModuleKind, ModuleNode, Preferred, ReplicatedDir, Replication, Vip, Witness,
-    DEFAULT_CHECKER_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_LOOP_INTERVAL,
-    DEFAULT_LOOP_LIMIT, DEFAULT_PULSE, DEFAULT_VIP_INTERFACE, DEFAULT_ZONE_SIZE_BYTES, MAX_MODULE_ID,
-    MAX_ZONE_SIZE_BYTES, MIN_ZONE_SIZE_BYTES,
+    load_module, parse_http_url, parse_module, AckMode, Balance, Capabilities, Checker, CheckerAction, CheckerKind,
+    CommandGrant, Failover, Farm, Heartbeat, Hook, HookPoint, Hooks, HttpGrant, ModuleConfig, ModuleKind, ModuleNode,
+    Preferred, ReplicatedDir, Replication, Vip, Witness, ANY_ARGS, DEFAULT_CHECKER_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_LOOP_INTERVAL, DEFAULT_LOOP_LIMIT, DEFAULT_PLUGIN_MEMORY_BYTES, DEFAULT_PULSE,
+    DEFAULT_VIP_INTERFACE, DEFAULT_ZONE_SIZE_BYTES, MAX_MODULE_ID, MAX_ZONE_SIZE_BYTES, MIN_ZONE_SIZE_BYTES,
 };
 
 use std::path::Path;

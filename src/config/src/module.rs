@@ -64,6 +64,10 @@ pub struct ModuleConfig {
     pub checkers: Vec<Checker>,
     /// Hook commands.
     pub hooks: Hooks,
+    /// What the plugin may do (`[capabilities]`; all denied by default).
+    pub capabilities: Capabilities,
+    /// Parameters passed to the plugin (`[params]`), as strings.
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// The two kinds of module.
@@ -484,6 +488,8 @@ const TOP_KEYS: &[&str] = &[
     "failover",
     "checker",
     "hooks",
+    "capabilities",
+    "params",
 ];
 const CHECKER_TYPES: &[&str] = &["process", "interface", "ip", "tcp", "ping", "module", "custom", "splitbrain"];
 const CHECKER_COMMON: &[&str] = &["name", "type", "action", "interval", "timeout"];
@@ -590,6 +596,9 @@ fn parse_module_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Option<(ModuleC
     let failover = parse_failover(ctx, &root, kind, &nodes);
     let checkers = parse_checkers(ctx, &root, kind, plugin_set, name.as_ref().map(|n| n.val.as_str()));
     let hooks = parse_hooks(ctx, &root, kind);
+    check_plugin_sections(ctx, &root, plugin_set);
+    let capabilities = parse_capabilities(ctx, &root);
+    let params = parse_params(ctx, &root);
 
     let config = ModuleConfig {
         name: name?.val,
@@ -604,6 +613,8 @@ fn parse_module_inner(ctx: &mut Ctx, file: &Path, text: &str) -> Option<(ModuleC
         failover,
         checkers,
         hooks,
+        capabilities,
+        params,
     };
     Some((config, spans))
 }
@@ -1231,4 +1242,276 @@ fn parse_hooks(ctx: &mut Ctx, root: &Tbl, kind: Option<ModuleKind>) -> Hooks {
         *hooks.slot(point) = Some(Hook { argv: list.val.into_iter().map(|s| s.val).collect(), timeout });
     }
     hooks
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plugin capabilities and parameters.
+
+/// Default memory cap of a plugin instance (64 MiB).
+pub const DEFAULT_PLUGIN_MEMORY_BYTES: u64 = 64 << 20;
+/// Smallest plugin memory cap (1 MiB).
+pub const MIN_PLUGIN_MEMORY_BYTES: u64 = 1 << 20;
+/// Largest plugin memory cap (4 GiB, the most a 32-bit WASM memory can hold).
+pub const MAX_PLUGIN_MEMORY_BYTES: u64 = 4 << 30;
+/// The last element of a `capabilities.commands` entry that allows any further arguments.
+pub const ANY_ARGS: &str = "...";
+
+/// What a module's plugin may do (`[capabilities]`); everything not listed is denied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    /// Commands the plugin may run, each an argv it must match exactly, or a prefix when the
+    /// entry ends with `"..."`.
+    pub commands: Vec<CommandGrant>,
+    /// Directories (absolute) under which the plugin may read and write files.
+    pub files: Vec<PathBuf>,
+    /// TCP addresses the plugin may probe.
+    pub tcp: Vec<SocketAddr>,
+    /// URL prefixes (`http://IP:PORT/path`) the plugin may probe with GET.
+    pub http: Vec<HttpGrant>,
+    /// Resource names the plugin may set.
+    pub resources: Vec<String>,
+    /// Memory cap of one plugin instance (default 64 MiB).
+    pub memory_bytes: u64,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            commands: Vec::new(),
+            files: Vec::new(),
+            tcp: Vec::new(),
+            http: Vec::new(),
+            resources: Vec::new(),
+            memory_bytes: DEFAULT_PLUGIN_MEMORY_BYTES,
+        }
+    }
+}
+
+/// One allowed command.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CommandGrant {
+    /// The argv (`argv[0]` absolute), without the trailing `"..."`.
+    pub argv: Vec<String>,
+    /// The entry ended with `"..."`: any further arguments are allowed.
+    pub any_args: bool,
+}
+
+/// One allowed HTTP URL prefix.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HttpGrant {
+    /// The server (no names: a plugin cannot resolve DNS).
+    pub address: SocketAddr,
+    /// Path prefix, starting with `/`.
+    pub path: String,
+}
+
+fn check_plugin_sections(ctx: &mut Ctx, root: &Tbl, plugin_set: bool) {
+    if plugin_set {
+        return;
+    }
+    for key in ["capabilities", "params"] {
+        if let Some(e) = root.get(key) {
+            ctx.error(
+                e.key_off,
+                key,
+                format!("[{key}] applies to the module's plugin, but this module has no `plugin`: set plugin = \"<file>.wasm\" at the top level or remove [{key}]"),
+            );
+        }
+    }
+}
+
+fn parse_capabilities(ctx: &mut Ctx, root: &Tbl) -> Capabilities {
+    let mut caps = Capabilities::default();
+    let Some(t) = root.table(ctx, "capabilities") else {
+        return caps;
+    };
+    t.check_keys(ctx, &["commands", "files", "tcp", "http", "resources", "memory"], &[]);
+    if let Some(e) = t.get("commands") {
+        let path = t.key_path("commands");
+        match e.item.as_array() {
+            None => ctx.error(
+                e.off(),
+                path,
+                format!(
+                    "expected an array of argv arrays such as [[\"/usr/bin/systemctl\", \"start\", \"web\"]], found {}",
+                    crate::walk::type_name(e.item)
+                ),
+            ),
+            Some(arr) => {
+                for (i, v) in arr.iter().enumerate() {
+                    let off = v.span().map(|s| s.start).unwrap_or(e.off());
+                    if let Some(g) = parse_command_grant(ctx, &format!("{path}[{i}]"), off, v) {
+                        caps.commands.push(g);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(list) = t.str_array(ctx, "files", "absolute directory paths") {
+        for (i, d) in list.val.into_iter().enumerate() {
+            let p = Path::new(&d.val);
+            let bad = !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir));
+            if bad || d.val.len() > 4096 {
+                ctx.error(
+                    d.off,
+                    format!("{}[{i}]", t.key_path("files")),
+                    format!("directory \"{}\" must be an absolute path without `.` or `..`", d.val),
+                );
+            } else if p == Path::new("/") {
+                ctx.error(
+                    d.off,
+                    format!("{}[{i}]", t.key_path("files")),
+                    "granting \"/\" would give the plugin the whole file system: name the directories it needs",
+                );
+            } else {
+                caps.files.push(p.to_path_buf());
+            }
+        }
+    }
+    if let Some(list) = t.str_array(ctx, "tcp", "\"IP:PORT\" strings") {
+        for (i, a) in list.val.into_iter().enumerate() {
+            match a.val.parse::<SocketAddr>() {
+                Ok(s) => caps.tcp.push(s),
+                Err(_) => ctx.error(
+                    a.off,
+                    format!("{}[{i}]", t.key_path("tcp")),
+                    format!(
+                        "invalid address \"{}\": expected IP:PORT such as \"127.0.0.1:8080\" (IPv6 as \"[::1]:8080\")",
+                        a.val
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(list) = t.str_array(ctx, "http", "URL prefix strings") {
+        for (i, u) in list.val.into_iter().enumerate() {
+            match parse_http_url(&u.val) {
+                Ok((address, path)) => caps.http.push(HttpGrant { address, path }),
+                Err(m) => ctx.error(u.off, format!("{}[{i}]", t.key_path("http")), m),
+            }
+        }
+    }
+    if let Some(list) = t.str_array(ctx, "resources", "resource name strings") {
+        for (i, r) in list.val.into_iter().enumerate() {
+            match units::check_name(&r.val) {
+                Ok(()) => caps.resources.push(r.val),
+                Err(m) => ctx.error(r.off, format!("{}[{i}]", t.key_path("resources")), m),
+            }
+        }
+    }
+    if let Some(m) = t.size(ctx, "memory") {
+        if (MIN_PLUGIN_MEMORY_BYTES..=MAX_PLUGIN_MEMORY_BYTES).contains(&m.val) {
+            caps.memory_bytes = m.val;
+        } else {
+            ctx.error(
+                m.off,
+                t.key_path("memory"),
+                format!("plugin memory {} is out of range: from 1MiB to 4GiB (e.g. \"64MiB\")", format_size(m.val)),
+            );
+        }
+    }
+    caps
+}
+
+fn parse_command_grant(ctx: &mut Ctx, key: &str, off: usize, v: &toml_edit::Value) -> Option<CommandGrant> {
+    let Some(arr) = v.as_array() else {
+        ctx.error(
+            off,
+            key,
+            format!(
+                "expected an argv array such as [\"/usr/bin/systemctl\", \"start\", \"web\"], found {}",
+                crate::walk::type_name(&toml_edit::Item::Value(v.clone()))
+            ),
+        );
+        return None;
+    };
+    let mut argv = Vec::new();
+    for (j, a) in arr.iter().enumerate() {
+        let aoff = a.span().map(|s| s.start).unwrap_or(off);
+        match a.as_str() {
+            Some(s) => argv.push((s.to_string(), aoff)),
+            None => {
+                ctx.error(
+                    aoff,
+                    format!("{key}[{j}]"),
+                    format!(
+                        "expected an argument string, found {}",
+                        crate::walk::type_name(&toml_edit::Item::Value(a.clone()))
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    let any_args = argv.last().is_some_and(|(s, _)| s == ANY_ARGS);
+    if any_args {
+        argv.pop();
+    }
+    let Some((prog, poff)) = argv.first() else {
+        ctx.error(off, key, "empty argv: give at least the absolute path of the program");
+        return None;
+    };
+    if !prog.starts_with('/') {
+        ctx.error(
+            *poff,
+            format!("{key}[0]"),
+            format!(
+                "program \"{prog}\" must be an absolute path (plugins run commands without a shell or PATH search)"
+            ),
+        );
+        return None;
+    }
+    if let Some((_, doff)) = argv.iter().find(|(s, _)| s == ANY_ARGS) {
+        ctx.error(*doff, key, format!("\"{ANY_ARGS}\" (any further arguments) may only be the last element"));
+        return None;
+    }
+    Some(CommandGrant { argv: argv.into_iter().map(|(s, _)| s).collect(), any_args })
+}
+
+/// Splits `http://IP:PORT/path` into the address and the path (`/` when absent). Names are
+/// refused: a plugin has no DNS, and an allow-list of names would be only as good as the resolver.
+pub fn parse_http_url(url: &str) -> Result<(SocketAddr, String), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("invalid URL \"{url}\": expected http://IP:PORT/path (plain HTTP; https is not supported)")
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let address = authority.parse::<SocketAddr>().map_err(|_| {
+        format!("invalid URL \"{url}\": the server must be IP:PORT such as 127.0.0.1:8080 (no host names: plugins have no DNS)")
+    })?;
+    if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("invalid URL \"{url}\": spaces or control characters in the path"));
+    }
+    Ok((address, path.to_string()))
+}
+
+fn parse_params(ctx: &mut Ctx, root: &Tbl) -> std::collections::BTreeMap<String, String> {
+    let mut params = std::collections::BTreeMap::new();
+    let Some(t) = root.table(ctx, "params") else {
+        return params;
+    };
+    for e in &t.entries {
+        let v = match e.item.as_value() {
+            Some(toml_edit::Value::String(s)) => Some(s.value().clone()),
+            Some(toml_edit::Value::Integer(i)) => Some(i.value().to_string()),
+            Some(toml_edit::Value::Boolean(b)) => Some(b.value().to_string()),
+            _ => None,
+        };
+        match v {
+            Some(v) => {
+                params.insert(e.name.to_string(), v);
+            }
+            None => ctx.error(
+                e.off(),
+                t.key_path(e.name),
+                format!(
+                    "expected a string, an integer or a boolean (plugin parameters are strings), found {}",
+                    crate::walk::type_name(e.item)
+                ),
+            ),
+        }
+    }
+    params
 }
