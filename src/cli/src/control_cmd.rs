@@ -174,6 +174,9 @@ fn print_table(modules: &[ModuleStatus]) {
         if let Some(r) = &m.replication {
             println!("{:<16} {r}", "");
         }
+        if let Some(f) = &m.last_failure {
+            println!("{:<16} last failure: {f}", "");
+        }
         let dropped: u64 = m.dropped.values().sum();
         if dropped > 0 {
             let reasons: Vec<String> = m.dropped.iter().map(|(k, v)| format!("{k} {v}")).collect();

@@ -158,6 +158,9 @@ fn hostile_plugins_are_contained_and_the_daemon_keeps_serving() {
     }
     assert!(module_log(&c, "n1", "future")
         .contains("built for tandem:module@2.0.0; this tandem provides tandem:module@1.0.0"));
+    // `tandem state` reports the last failure too.
+    let state = String::from_utf8_lossy(&c.tandem("n1", &["state", "-m", "spin"]).stdout).into_owned();
+    assert!(state.contains("last failure:") && state.contains("plugin timed out"), "{state}");
     // Meanwhile `web` was not disturbed, and its plugin still serves a failover.
     assert_eq!((c.state("n1"), c.state("n2")), (3, 4));
     assert!(c.client_connect(Duration::from_secs(5)).is_some());

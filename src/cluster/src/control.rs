@@ -95,6 +95,9 @@ pub struct ModuleStatus {
     /// Replication: the full copy in progress (primary), if any.
     #[serde(default)]
     pub replication: Option<String>,
+    /// The last hook (command or plugin call) that failed, with when and why.
+    #[serde(default)]
+    pub last_failure: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -264,6 +264,14 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
             }
             _ => None,
         });
+        if cfg.plugin.is_some() {
+            // Compiled once per daemon start (or taken from the cache), before its first hook.
+            let (c, d, l) = (cfg.clone(), dir.clone(), ModLog::new(&dir, DEFAULT_MAX_BYTES));
+            tokio::task::spawn_blocking(move || match crate::hooks::plugin_of(&c, &d) {
+                Ok(_) => l.append("INFO", "plugin ready (compiled, or loaded from the cache)"),
+                Err(e) => l.append("ERROR", &format!("plugin not loaded: {e}")),
+            });
+        }
         let (mut drv, body_rx, status_rx) = Driver::new(
             cfg,
             node.clone(),

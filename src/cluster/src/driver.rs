@@ -105,6 +105,8 @@ pub struct Driver<V: VipOps> {
     /// The splitbrain checker's last verdict (logged when it changes).
     witness: Option<bool>,
     progress: Option<String>,
+    /// Shown by `tandem state`: the last failed hook.
+    last_failure: Option<String>,
     last_progress_log: Option<Instant>,
 }
 
@@ -140,6 +142,7 @@ impl<V: VipOps> Driver<V> {
             dropped: BTreeMap::new(),
             accepted: 0,
             replication: None,
+            last_failure: None,
         };
         let (status_tx, status_rx) = watch::channel(status);
         let d = Driver {
@@ -164,6 +167,7 @@ impl<V: VipOps> Driver<V> {
             reported_drops: 0,
             witness: None,
             progress: None,
+            last_failure: None,
             last_progress_log: None,
         };
         (d, body_rx, status_rx)
@@ -560,6 +564,10 @@ impl<V: VipOps> Driver<V> {
                 msg.push_str(&format!("; output: {}", o.output));
             }
             self.log.append(if o.ok { "INFO" } else { "ERROR" }, &msg);
+            if !o.ok {
+                let at = crate::modlog::timestamp(std::time::SystemTime::now());
+                self.last_failure = Some(format!("{at} hook {hook}{mode}: {}", o.summary));
+            }
             last_ok = o.ok;
         }
         if !last_ok && (hook.is_start()) {
@@ -628,6 +636,7 @@ impl<V: VipOps> Driver<V> {
             .collect();
         s.accepted = self.accepted;
         s.replication = self.progress.clone();
+        s.last_failure = self.last_failure.clone();
         self.status_tx.send_replace(s);
     }
 }
