@@ -301,3 +301,24 @@ stop_prim = ["/etc/tandem/modules/web/service.sh", "stop"]
         String::from_utf8(self.admin(node, &["log", "-n", "1000"]).stdout).unwrap()
     }
 }
+
+/// The records file of the zero-loss writers (`%08d` + space + 100 `x`, one per line), as found
+/// on the node that took over: every record up to `acked` (the last one the application saw
+/// fsync'd) must be there, intact and in order. Records after it were never acknowledged: they
+/// may be there or not, and the very last one may be torn (cut short, as a write interrupted by
+/// the power loss can be, on any disk); nothing else may differ. Returns the number of lines.
+pub fn check_records(records: &str, acked: usize, context: &str) -> usize {
+    let record = |k: usize| format!("{k:08} {}", "x".repeat(100));
+    let lines: Vec<&str> = records.split_terminator('\n').collect();
+    assert!(lines.len() >= acked, "{context}: {acked} records acknowledged, only {} found", lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        let want = record(i + 1);
+        let last_unacked = i + 1 == lines.len() && i + 1 > acked;
+        if last_unacked && !records.ends_with('\n') {
+            assert!(want.starts_with(l), "{context}: unacknowledged record {} is not even a prefix: {l:?}", i + 1);
+        } else {
+            assert_eq!(*l, want, "{context}: record {} damaged", i + 1);
+        }
+    }
+    lines.len()
+}
