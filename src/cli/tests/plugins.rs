@@ -284,3 +284,15 @@ fn plugin_new_scaffolds_a_crate_that_builds_and_runs() {
     assert!(matches!(out.status.code(), Some(0 | 1)), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("  probe tcp 127.0.0.1:8080: "), "{stdout}");
 }
+
+#[test]
+fn plugin_test_refuses_bad_input_with_a_reason() {
+    let out = tandem(&["plugin", "test", "/nonexistent.wasm", "--check", "x"]);
+    assert_eq!(out.status.code(), Some(2), "a plugin that cannot be loaded");
+    assert!(text(&out.stdout).contains("cannot read plugin /nonexistent.wasm"), "{}", text(&out.stdout));
+    let out = tandem(&["plugin", "test", &dist("process")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("say what to call"), "{}", text(&out.stderr));
+    let out = tandem(&["plugin", "new", "Bad/Name"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("invalid plugin name"), "{}", text(&out.stderr));
+}
