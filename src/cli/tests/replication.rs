@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::{Cluster, DEFAULT_TIMERS};
@@ -97,30 +96,9 @@ sync"#;
 /// followed by fsync, and prints the number once fsync returned; the primary loses power at a
 /// random moment; every printed number must be on the new primary, intact.
 fn zero_loss_round(c: &mut Cluster, primary: &str, secondary: &str, round: u32) -> usize {
-    let writer = r#"import os, sys
-fd = os.open('/srv/web/records', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-i = 0
-while True:
-    i += 1
-    os.write(fd, ('%08d %s\n' % (i, 'x' * 100)).encode())
-    os.fsync(fd)
-    print(i, flush=True)
-"#;
     c.sh(primary, "rm -f /srv/web/records");
-    let mut child =
-        c.command(primary, &["python3", "-c", writer]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
     // Records acknowledged so far, published as they arrive.
-    let last = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = last.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            match line.ok().and_then(|l| l.trim().parse::<usize>().ok()) {
-                Some(n) => seen.store(n, std::sync::atomic::Ordering::SeqCst),
-                None => break,
-            }
-        }
-    });
+    let (mut child, last, reader) = support::start_record_writer(c, primary, Stdio::null());
     // The writer must be writing before the clock starts (python's start-up is slow on a loaded
     // machine); a first fsync that never returns would be a bug of its own.
     let started = Instant::now();

@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::{Cluster, Timers};
 
@@ -149,28 +147,7 @@ fn a_split_with_a_witness_never_has_two_serving_nodes() {
 fn an_isolated_primary_acknowledges_nothing_its_successor_lacks() {
     let mut c = with_witness(Cluster::with_dirs("sz", 1, &TIMERS, &["/srv/web"]));
     c.bring_up_replicated();
-    let writer = r#"import os, sys
-fd = os.open('/srv/web/records', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-i = 0
-while True:
-    i += 1
-    os.write(fd, ('%08d %s\n' % (i, 'x' * 100)).encode())
-    os.fsync(fd)
-    print(i, flush=True)
-"#;
-    let mut child =
-        c.command("n1", &["python3", "-c", writer]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let last = Arc::new(AtomicUsize::new(0));
-    let seen = last.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            match line.ok().and_then(|l| l.trim().parse::<usize>().ok()) {
-                Some(n) => seen.store(n, Ordering::SeqCst),
-                None => break,
-            }
-        }
-    });
+    let (mut child, last, reader) = support::start_record_writer(&c, "n1", Stdio::piped());
     let started = Instant::now();
     while last.load(Ordering::SeqCst) < 20 {
         assert!(started.elapsed() < Duration::from_secs(20), "the writer's fsyncs do not return");

@@ -322,3 +322,37 @@ pub fn check_records(records: &str, acked: usize, context: &str) -> usize {
     }
     lines.len()
 }
+
+/// Starts the zero-loss writer on `node`: it appends numbered records to /srv/web/records, each
+/// followed by fsync, and prints each number once its fsync returned. Returns the process, the
+/// last number printed (updated as they arrive) and the thread that reads them (it ends with the
+/// writer).
+pub fn start_record_writer(
+    c: &Cluster,
+    node: &str,
+    stderr: Stdio,
+) -> (std::process::Child, std::sync::Arc<std::sync::atomic::AtomicUsize>, std::thread::JoinHandle<()>) {
+    use std::io::BufRead;
+    let writer = r#"import os, sys
+fd = os.open('/srv/web/records', os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+i = 0
+while True:
+    i += 1
+    os.write(fd, ('%08d %s\n' % (i, 'x' * 100)).encode())
+    os.fsync(fd)
+    print(i, flush=True)
+"#;
+    let mut child = c.command(node, &["python3", "-c", writer]).stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let last = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = last.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            match line.ok().and_then(|l| l.trim().parse::<usize>().ok()) {
+                Some(n) => seen.store(n, std::sync::atomic::Ordering::SeqCst),
+                None => break,
+            }
+        }
+    });
+    (child, last, reader)
+}
