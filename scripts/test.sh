@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# A clean build of the workspace with its tests takes about 2 GB; say so before the linker fails.
+free_mib=$(df -Pm . | awk 'NR==2 {print $4}')
+echo "test: ${free_mib} MiB free on $(df -P . | awk 'NR==2 {print $6}')"
+if [ "$free_mib" -lt 6144 ]; then
+  echo "test: warning: under 6 GiB free; the build may run out of disk" >&2
+fi
 # The plugins (plugins/dist/*.wasm) that the plugin host's tests and the lab tests load.
 ./scripts/build-plugins.sh
 # The plugin SDK's own unit tests run on the host (plugins/ builds for wasm32-wasip2 by default).

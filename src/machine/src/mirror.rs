@@ -768,7 +768,17 @@ impl MirrorMachine {
                 }
             }
             Some(v) => {
-                if self.yields {
+                if self.readiness == Readiness::Ready && !self.relation(&v).local_is_current() {
+                    // The peer served without us (e.g. ALONE with the witness while we were cut
+                    // off) and stopped since: our copy is stale. Staying "Ready" would let us take
+                    // over with it as soon as the peer disappears again.
+                    out.push(log(
+                        Level::Warn,
+                        format!("{peer} served without this node: this copy is outdated; waiting to catch up"),
+                    ));
+                    self.p.freshness = Freshness::Outdated;
+                    self.set_state(State::Wait, Readiness::NotReady, Cause::Join, out);
+                } else if self.yields {
                     // We handed over: the peer is about to take the role.
                 } else if self.readiness != Readiness::Ready {
                     out.push(log(Level::Warn, format!("{peer} stopped serving during the catch-up")));

@@ -79,6 +79,10 @@ pub struct MirrorNode {
     pub effects: Effects,
     /// Ground truth: the application writes this node's copy holds.
     pub data: BTreeSet<u64>,
+    /// This node lost its peer to a cut of the link and has not heard it since. A promotion then
+    /// is a partition promotion even if the link healed meanwhile: a passive witness cannot tell
+    /// "the peer died at the cut" from "the peer wrote ALONE, then died" (docs/algorithm.md).
+    pub lost_by_cut: bool,
 }
 
 pub struct MirrorSim {
@@ -110,6 +114,7 @@ impl MirrorSim {
                 seen: None,
                 effects: Effects::default(),
                 data: BTreeSet::new(),
+                lost_by_cut: false,
             }
         };
         MirrorSim {
@@ -176,7 +181,7 @@ impl MirrorSim {
 
     fn on_promotion(&mut self, i: usize, forced: bool) {
         let j = 1 - i;
-        if forced || !self.link {
+        if forced || !self.link || self.nodes[i].lost_by_cut {
             self.diverged = true;
             return;
         }
@@ -200,6 +205,7 @@ impl MirrorSim {
                 let j = 1 - i;
                 if !self.connected() {
                     if self.nodes[i].seen.take().is_some() && self.nodes[i].machine.is_some() {
+                        self.nodes[i].lost_by_cut = !self.link;
                         let _ = self.deliver(i, MirrorEvent::PeerLost, false);
                         changed = true;
                     }
@@ -208,6 +214,7 @@ impl MirrorSim {
                 let v = self.nodes[j].machine.as_ref().unwrap().view();
                 if self.nodes[i].seen.as_ref() != Some(&v) {
                     self.nodes[i].seen = Some(v.clone());
+                    self.nodes[i].lost_by_cut = false;
                     let _ = self.deliver(i, MirrorEvent::PeerSeen(v), false);
                     changed = true;
                 }
