@@ -8,7 +8,8 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (the lab creates namespaces, mounts and cgroups)"
 
-# Debian packages, by the command each provides.
+# Debian packages, by the command each provides (a name, or an absolute path for a program
+# that is not on PATH).
 declare -A want=(
   [ip]=iproute2          # namespaces, veth, bridges (the lab)
   [ping]=iputils-ping    # reachability checks in lab tests
@@ -22,6 +23,12 @@ declare -A want=(
   [fusermount3]=fuse3    # FUSE mounts of replicated directories
   [getfattr]=attr        # xattrs in the replication tests
   [fio]=fio              # a mixed random-write load on a replicated directory (tests, benchmark)
+  [setpriv]=util-linux   # the postgresql module's hooks run the server as user postgres
+  # app-modules/postgresql and its lab test (src/cli/tests/postgresql.rs): the server, initdb,
+  # pg_ctl and pgbench are in postgresql-15, psql in postgresql-client-15 (a dependency).
+  [/usr/lib/postgresql/15/bin/pg_ctl]=postgresql-15
+  [/usr/lib/postgresql/15/bin/pgbench]=postgresql-15
+  [/usr/lib/postgresql/15/bin/psql]=postgresql-client-15
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -86,6 +86,28 @@ pub fn op_name(op: &Op) -> &'static str {
     }
 }
 
+/// Removes the directory `name` of `dir` with everything below it, never following a symlink.
+fn remove_tree_in(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), Errno> {
+    let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let mut names = Vec::new();
+    for entry in rfs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        if !matches!(entry.file_name().to_bytes(), b"." | b"..") {
+            names.push((entry.file_name().to_owned(), entry.file_type() == FileType::Directory));
+        }
+    }
+    for (child, is_dir) in names {
+        match rfs::unlinkat(&fd, &child, if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() }) {
+            Ok(()) => {}
+            Err(Errno::NOTEMPTY) if is_dir => remove_tree_in(fd.as_fd(), &child)?,
+            // d_type unknown on this file system, or the type was a guess.
+            Err(Errno::ISDIR) => remove_tree_in(fd.as_fd(), &child)?,
+            Err(e) => return Err(e),
+        }
+    }
+    rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
 /// The root's child directories that are on another file system than the root, one per file
 /// system (several directories of one module are often on the same one).
 fn child_mounts(root: &OwnedFd) -> Result<Vec<OwnedFd>, Errno> {
@@ -493,7 +515,13 @@ impl Applier {
             }
             Op::Rmdir { path } => {
                 let l = self.locate(name, path)?;
-                rfs::unlinkat(self.dir(&l), &l.name, AtFlags::REMOVEDIR).map_err(oe(name, || show(&path.0)))?;
+                // Empty on the primary; here it may still hold a stale tree from before a
+                // catch-up (the primary's copy wins). In sync, both copies are identical.
+                let r = match rfs::unlinkat(self.dir(&l), &l.name, AtFlags::REMOVEDIR) {
+                    Err(Errno::NOTEMPTY) => remove_tree_in(self.dir(&l), &l.name),
+                    r => r,
+                };
+                r.map_err(oe(name, || show(&path.0)))?;
                 self.dirty.touch_parent(&path.0);
             }
             Op::Symlink { path, target, uid, gid } => {
@@ -521,8 +549,18 @@ impl Applier {
             Op::Rename { from, to, flags } => {
                 let a = self.locate(name, from)?;
                 let b = self.locate(name, to)?;
-                rfs::renameat_with(self.dir(&a), &a.name, self.dir(&b), &b.name, RenameFlags::from_bits_retain(*flags))
-                    .map_err(oe(name, || format!("{} -> {} (flags {flags:#x})", show(&from.0), show(&to.0))))?;
+                let rename = || {
+                    rfs::renameat_with(self.dir(&a), &a.name, self.dir(&b), &b.name, RenameFlags::from_bits_retain(*flags))
+                };
+                // Over a directory that is empty on the primary but still holds a stale tree
+                // here (a catch-up in progress): that tree goes, as the primary's did.
+                let r = match rename() {
+                    Err(Errno::NOTEMPTY | Errno::EXIST) if *flags & RenameFlags::EXCHANGE.bits() == 0 => {
+                        remove_tree_in(self.dir(&b), &b.name).and_then(|_| rename())
+                    }
+                    r => r,
+                };
+                r.map_err(oe(name, || format!("{} -> {} (flags {flags:#x})", show(&from.0), show(&to.0))))?;
                 self.dirty.touch_parent(&from.0);
                 self.dirty.touch_parent(&to.0);
                 // A directory moved to another parent changes its own `..`.

@@ -9,6 +9,7 @@
 //!
 //! See docs/replication.md, "The file system layer", for the guarantees and their limits.
 
+mod basis;
 mod completion;
 mod exclude;
 mod handlers;
@@ -84,6 +85,24 @@ pub struct SyncProgress {
     /// The allocated bytes of the regular files when the sync started (each inode once).
     pub total_bytes_estimate: u64,
     pub elapsed: Duration,
+    /// Catch-up: bytes of files the secondary kept that were compared by block hash and found
+    /// identical (not sent).
+    pub matched: u64,
+    /// Catch-up: files the secondary kept and that were compared by block hash.
+    pub compared: u64,
+    /// Catch-up: stale names removed from the secondary (a directory counts once, with its tree).
+    pub removed: u64,
+}
+
+/// What the secondary's copy of one directory holds at the start of a catch-up: its manifest
+/// (paths relative to the directory; the empty path is the directory itself), taken at the
+/// start of the stream, before any op of the catch-up.
+#[derive(Debug, Clone)]
+pub struct Basis {
+    pub entries: std::collections::BTreeMap<crate::op::RelPath, crate::manifest::Entry>,
+    /// Keep and compare the secondary's directories and files (a block-hash catch-up). False:
+    /// remove everything it holds and send it all again (`second --fullsync`).
+    pub reuse: bool,
 }
 
 fn io_err(path: &Path, what: &'static str, e: sys::Errno) -> FsError {
@@ -249,6 +268,14 @@ impl ReplicatedFs {
     /// [`ReplicatedFs::set_sink`] instead attaches a secondary whose copy is up to date.
     pub fn attach_empty_secondary(&self, sink: Arc<dyn OpSink>) {
         self.inner.attach_empty(sink);
+    }
+
+    /// Turns the pending synchronisation (after [`ReplicatedFs::attach_empty_secondary`]) into a
+    /// catch-up of a secondary that kept its copy, described by `basis`: the walk removes the
+    /// names it holds that this directory lacks, keeps its directories and single-link files,
+    /// and sends only the 1 MiB blocks whose blake3 differs (docs/replication.md, "Catch-up").
+    pub fn set_basis(&self, basis: Basis) -> Result<(), FsError> {
+        self.inner.set_basis(basis)
     }
 
     /// Whether a full synchronisation is pending or running (attached with

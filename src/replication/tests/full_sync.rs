@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tandem_replication::apply::Applier;
-use tandem_replication::fs::{ChangeObserver, FsError, MountOptions, OpSink, ReplicatedFs, SyncProgress};
+use tandem_replication::fs::{Basis, ChangeObserver, FsError, MountOptions, OpSink, ReplicatedFs, SyncProgress};
 use tandem_replication::manifest::{self, DiffOptions};
 use tandem_replication::op::{AckLevel, Op};
 
@@ -493,42 +493,81 @@ fn start_writers(p: &Path, seed: u64, big: File) -> Writers {
     Writers { stop, threads }
 }
 
-/// (2) The race: writers change the tree through the mount during the whole sync (and a little
-/// after); the replay of every op recorded (sync and application) into an empty directory gives
-/// the primary's tree exactly. Several timings.
-#[test]
-fn full_sync_races_with_writers_and_loses_nothing() {
-    if !fuse_available() {
-        return;
+/// The race test's tree, made before the mount: one 64 MiB file, ~400 small files in 10
+/// directories, a log.
+fn make_race_tree(p: &Path, rng: &mut Rng) {
+    let big = File::create(p.join("big")).unwrap();
+    for i in 0..64u64 {
+        big.write_all_at(&rng.bytes(1 << 20), i << 20).unwrap();
     }
+    drop(big);
+    for d in 0..10 {
+        fs::create_dir(p.join(format!("d{d}"))).unwrap();
+        for f in 0..40 {
+            let len = 100 + rng.below(30000) as usize;
+            fs::write(p.join(format!("d{d}/f{f}")), rng.bytes(len)).unwrap();
+        }
+        fs::create_dir(p.join(format!("d{d}/deep"))).unwrap();
+        fs::write(p.join(format!("d{d}/deep/leaf")), rng.bytes(5000)).unwrap();
+    }
+    fs::create_dir(p.join("logs")).unwrap();
+    fs::write(p.join("logs/log"), b"").unwrap();
+}
+
+/// A copy of `from` at `to` (which must not exist), sparse files kept sparse.
+fn copy_tree(from: &Path, to: &Path) {
+    let out = std::process::Command::new("cp").arg("-a").arg("--sparse=always").arg(from).arg(to).output().unwrap();
+    assert!(out.status.success(), "cp: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Makes the replica of the race tree stale the ways a returning secondary's copy can be: data
+/// changed, names it alone holds (whole trees), objects of another type, metadata changed.
+fn make_stale(r: &Path, rng: &mut Rng) {
+    let big = OpenOptions::new().write(true).open(r.join("big")).unwrap();
+    big.write_all_at(&rng.bytes(5000), 7 << 20).unwrap();
+    big.write_all_at(&rng.bytes(100), (40 << 20) + 3).unwrap();
+    drop(big);
+    fs::remove_dir_all(r.join("d0/deep")).unwrap();
+    fs::create_dir_all(r.join("d1/stale/x/y")).unwrap();
+    fs::write(r.join("d1/stale/x/y/z"), b"stale").unwrap();
+    symlink("nowhere", r.join("d1/stale/link")).unwrap();
+    fs::remove_file(r.join("d2/f0")).unwrap();
+    fs::create_dir(r.join("d2/f0")).unwrap();
+    fs::write(r.join("d2/f0/inside"), b"a directory where the primary has a file").unwrap();
+    fs::remove_dir_all(r.join("d3/deep")).unwrap();
+    fs::write(r.join("d3/deep"), b"a file where the primary has a directory").unwrap();
+    fs::set_permissions(r.join("d4/f1"), fs::Permissions::from_mode(0o600)).unwrap();
+    set_xattr(&r.join("d5/f2"), "user.stale", b"only here");
+    OpenOptions::new().write(true).open(r.join("d6/f3")).unwrap().set_len(1 << 20).unwrap();
+    fs::write(r.join("only-here"), b"x").unwrap();
+}
+
+/// (2) The race: writers change the tree through the mount during the whole sync (and a little
+/// after); the replay of every op recorded (sync and application) into the replica gives the
+/// primary's tree exactly. Several timings; `stale`: the replica kept an old, changed copy of
+/// the tree and the sync is a catch-up over it (its manifest as the basis), else it is empty.
+fn race(name: &str, stale: bool) {
     for (round, (before_ms, after_ms)) in [(0u64, 0u64), (30, 50), (150, 10), (5, 200)].into_iter().enumerate() {
         let a = area();
         let p = a.primary.clone();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ round as u64);
-        // The tree before the mount: one 64 MiB file, ~400 small files in 10 directories.
-        let big = File::create(p.join("big")).unwrap();
-        for i in 0..64u64 {
-            big.write_all_at(&rng.bytes(1 << 20), i << 20).unwrap();
+        make_race_tree(&p, &mut rng);
+        if stale {
+            fs::remove_dir(&a.replica).unwrap();
+            copy_tree(&p, &a.replica);
+            make_stale(&a.replica, &mut rng);
         }
-        drop(big);
-        for d in 0..10 {
-            fs::create_dir(p.join(format!("d{d}"))).unwrap();
-            for f in 0..40 {
-                let len = 100 + rng.below(30000) as usize;
-                fs::write(p.join(format!("d{d}/f{f}")), rng.bytes(len)).unwrap();
-            }
-            fs::create_dir(p.join(format!("d{d}/deep"))).unwrap();
-            fs::write(p.join(format!("d{d}/deep/leaf")), rng.bytes(5000)).unwrap();
-        }
-        fs::create_dir(p.join("logs")).unwrap();
-        fs::write(p.join("logs/log"), b"").unwrap();
-
-        let fsys = ReplicatedFs::mount(&p, MountOptions::new(format!("race{round}")), None).unwrap();
+        let fsys = ReplicatedFs::mount(&p, MountOptions::new(format!("{name}{round}")), None).unwrap();
         let big = OpenOptions::new().read(true).write(true).open(p.join("big")).unwrap();
         let w = start_writers(&p, 1000 + round as u64, big);
         std::thread::sleep(Duration::from_millis(before_ms));
         let sink = Arc::new(RecordingSink { received_delay: Duration::from_millis(40), ..Default::default() });
         fsys.attach_empty_secondary(sink.clone());
+        if stale {
+            // The replay below runs after the sync: the replica is still as the basis says.
+            let entries = manifest::build(&a.replica).unwrap().entries;
+            fsys.set_basis(Basis { entries, reuse: true }).unwrap();
+        }
         let start = Instant::now();
         let result = fsys.full_sync(&mut |_| {}).unwrap();
         let took = start.elapsed();
@@ -543,10 +582,13 @@ fn full_sync_races_with_writers_and_loses_nothing() {
         drop(fsys);
         let ops = sink.take();
         println!(
-            "round {round}: sync {took:?} ({} files, {} dirs, {} MiB), writers did {counts:?}, {} ops",
+            "{name} round {round}: sync {took:?} ({} files, {} dirs, {} MiB sent, {} MiB matched, {} removed), \
+             writers did {counts:?}, {} ops",
             result.files,
             result.dirs,
             result.bytes >> 20,
+            result.matched >> 20,
+            result.removed,
             ops.len()
         );
         if let Ok(dump) = std::env::var("TANDEM_DUMP_OPS") {
@@ -557,7 +599,7 @@ fn full_sync_races_with_writers_and_loses_nothing() {
                     o => format!("{o:?}"),
                 })
                 .collect();
-            fs::write(format!("{dump}.{round}"), text.join("\n")).unwrap();
+            fs::write(format!("{dump}.{name}.{round}"), text.join("\n")).unwrap();
         }
         replay(&ops, &a.replica);
         let options = DiffOptions { file_mtime: true, dir_mtime: false, allocated: false };
@@ -565,5 +607,107 @@ fn full_sync_races_with_writers_and_loses_nothing() {
         // The log holds every record, in order.
         let log = fs::read_to_string(p.join("logs/log")).unwrap();
         assert_eq!(log.lines().count() as u64, counts[1]);
+        if stale {
+            assert!(result.removed >= 4, "the stale names were removed: {result:?}");
+            // The writers hard-link and rewrite files meanwhile: fewer than the ~400 are kept.
+            assert!(result.compared >= 100, "the kept files were compared: {result:?}");
+        }
     }
+}
+
+#[test]
+fn full_sync_races_with_writers_and_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    race("race", false);
+}
+
+/// The same race over a replica that kept a stale copy: the catch-up removes, keeps and
+/// compares under the writers, and ends identical.
+#[test]
+fn catch_up_over_a_stale_copy_races_with_writers_and_ends_identical() {
+    if !fuse_available() {
+        return;
+    }
+    race("catchup", true);
+}
+
+/// A catch-up of a static tree sends exactly the blocks that differ, removes what the replica
+/// alone holds, fixes metadata, and ends identical, allocation included.
+#[test]
+fn catch_up_sends_only_the_differing_blocks() {
+    if !fuse_available() {
+        return;
+    }
+    let a = area();
+    let p = &a.primary;
+    make_tree(p);
+    fs::remove_dir(&a.replica).unwrap();
+    copy_tree(p, &a.replica);
+    let r = &a.replica;
+    // The primary moved on: one block of a 3 MiB file, a small file rewritten, a new file.
+    let mut rng = Rng(99);
+    OpenOptions::new().write(true).open(p.join("a/b/c/deep.bin")).unwrap().write_all_at(b"changed", 1 << 20).unwrap();
+    fs::write(p.join("small.txt"), b"HELLO").unwrap();
+    fs::write(p.join("new.bin"), rng.bytes(10_000)).unwrap();
+    set_mtime(&p.join("small.txt"), 1_650_000_000, 0);
+    // The replica has its own stale changes.
+    OpenOptions::new().write(true).open(r.join("sparse")).unwrap().write_all_at(&[9u8; 4096], 20 << 20).unwrap();
+    fs::create_dir_all(r.join("a/b/c/stale/x")).unwrap();
+    fs::write(r.join("a/b/c/stale/x/y"), b"stale").unwrap();
+    fs::write(r.join("empty/stale"), b"stale").unwrap();
+    fs::remove_file(r.join("name with space/f")).unwrap();
+    fs::create_dir(r.join("name with space/f")).unwrap();
+    fs::set_permissions(r.join("small.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    set_xattr(&r.join("small.txt"), "user.stale", b"only on the replica");
+    set_xattr(&r.join("a"), "user.dir", b"another value");
+
+    let fsys = ReplicatedFs::mount(p, MountOptions::new("catchup-static").exclude(["*.tmp"]), None).unwrap();
+    let sink = RecordingSink::new();
+    fsys.attach_empty_secondary(sink.clone());
+    let entries = manifest::build(r).unwrap().entries;
+    fsys.set_basis(Basis { entries, reuse: true }).unwrap();
+    let result = fsys.full_sync(&mut |_| {}).unwrap();
+    drop(fsys);
+    println!("static catch-up: {result:?}");
+    let ops = sink.take();
+    replay(&ops, r);
+    let exact = DiffOptions { file_mtime: true, dir_mtime: false, allocated: true };
+    assert_identical(p, r, &["junk.tmp"], &exact);
+    // Sent: the changed block (1 MiB), the rewritten file (5), the new one (10,000), the file
+    // that was a directory there (6) and the hard-linked file, sent again (14).
+    assert_eq!(result.bytes, (1 << 20) + 5 + 10_000 + 6 + 14, "{result:?}");
+    // Found identical: the rest of deep.bin and the sparse file but the block punched again.
+    assert_eq!(result.matched, (2 << 20) + 123 + (99 << 20), "{result:?}");
+    let punches = ops.iter().filter(|o| matches!(o, Op::Fallocate { .. })).count();
+    assert_eq!(punches, 1, "the stale block of the sparse file is punched");
+    // Removed: the stale tree, the stale file, the directory in place of a file, junk.tmp, and
+    // the names of objects re-created (three hard links, two symlinks, the fifo, the device).
+    assert_eq!(result.removed, 11, "{result:?}");
+}
+
+/// A full copy asked over a kept replica (`second --fullsync`): everything is removed and sent.
+#[test]
+fn a_full_copy_over_a_kept_replica_replaces_everything() {
+    if !fuse_available() {
+        return;
+    }
+    let a = area();
+    let p = &a.primary;
+    let (_, _, bytes) = make_tree(p);
+    fs::remove_dir(&a.replica).unwrap();
+    copy_tree(p, &a.replica);
+    fs::write(a.replica.join("a/stale"), b"stale").unwrap();
+    let fsys = ReplicatedFs::mount(p, MountOptions::new("catchup-full").exclude(["*.tmp"]), None).unwrap();
+    let sink = RecordingSink::new();
+    fsys.attach_empty_secondary(sink.clone());
+    let entries = manifest::build(&a.replica).unwrap().entries;
+    fsys.set_basis(Basis { entries, reuse: false }).unwrap();
+    let result = fsys.full_sync(&mut |_| {}).unwrap();
+    drop(fsys);
+    replay(&sink.take(), &a.replica);
+    let exact = DiffOptions { file_mtime: true, dir_mtime: false, allocated: true };
+    assert_identical(p, &a.replica, &["junk.tmp"], &exact);
+    assert_eq!((result.bytes, result.matched, result.compared), (bytes, 0, 0), "{result:?}");
 }

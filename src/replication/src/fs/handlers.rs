@@ -329,6 +329,12 @@ impl Inner {
             }
         }
         let sink = self.sink.read().ok().and_then(|s| s.clone())?;
+        if matches!(op, Op::Rename { .. } | Op::Rmdir { .. } | Op::Unlink { .. }) {
+            // A catch-up's picture of the secondary's stale names follows what is sent.
+            if let Some(m) = self.sync_state().as_mut().and_then(|s| s.basis.as_mut()) {
+                m.applied(&op);
+            }
+        }
         let seq = sink.submit(op);
         Some((sink, seq))
     }
@@ -559,13 +565,22 @@ impl Inner {
     }
 
     pub(super) fn emit_xattrs(&self, p: &[u8], last: &mut Pending) {
-        let Ok(x) = XattrPath::new(self.root.as_raw_fd(), p) else { return };
+        for (name, value) in self.xattrs_of(p) {
+            self.push(last, Op::SetXattr { path: rel(p), name, value, flags: 0 });
+        }
+    }
+
+    /// The xattrs of `p` (none if they cannot be read: it went away meanwhile).
+    pub(super) fn xattrs_of(&self, p: &[u8]) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        let Ok(x) = XattrPath::new(self.root.as_raw_fd(), p) else { return out };
         for name in x.names().unwrap_or_default() {
             let Ok(cname) = CString::new(name.clone()) else { continue };
             if let Ok(value) = x.get_all(&cname) {
-                self.push(last, Op::SetXattr { path: rel(p), name, value, flags: 0 });
+                out.insert(name, value);
             }
         }
+        out
     }
 
     /// Emits the removal, on the secondary, of what used to be at `old` and now lives locally at

@@ -17,10 +17,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
+use super::basis::Model;
 use super::handlers::{join, key_of, rel, time_set, Inner, Pending};
 use super::inodes::Key;
 use super::sys::{self, cpath, Errno};
-use super::{FsError, OpSink, SyncProgress};
+use super::{Basis, FsError, OpSink, SyncProgress};
+use crate::manifest::{Entry, Hash, Kind};
 use crate::op::{AckLevel, Handle, Op, TimeSet};
 
 thread_local! {
@@ -59,6 +61,8 @@ pub(super) struct SyncState {
     pub links: HashMap<Key, Vec<Vec<u8>>>,
     /// Files whose data the walk is sending, by the sync's handle: their current name.
     pub copying: HashMap<Handle, (Vec<u8>, Key)>,
+    /// A catch-up: what the secondary kept, as it is now (None: its copy is empty).
+    pub basis: Option<Model>,
 }
 
 fn parent_of(p: &[u8]) -> &[u8] {
@@ -89,6 +93,7 @@ impl SyncState {
             stack: Vec::new(),
             links: HashMap::new(),
             copying: HashMap::new(),
+            basis: None,
         }
     }
 
@@ -156,6 +161,8 @@ impl Flow {
 struct FileJob {
     fh: Handle,
     fd: OwnedFd,
+    /// The block hashes of the secondary's copy, which it kept: only differing blocks are sent.
+    basis: Option<Vec<Hash>>,
 }
 
 /// What one listing step sent.
@@ -163,6 +170,7 @@ struct FileJob {
 struct Listed {
     files: u64,
     dirs: u64,
+    removed: u64,
     jobs: Vec<FileJob>,
 }
 
@@ -171,6 +179,18 @@ fn local_err(path: &[u8], what: &'static str, e: Errno) -> FsError {
         path: std::path::PathBuf::from(String::from_utf8_lossy(path).into_owned()),
         what,
         source: std::io::Error::from_raw_os_error(e.0),
+    }
+}
+
+/// What a block of `COPY_CHUNK` holes reads as, for its hash.
+static ZEROS: [u8; super::handlers::COPY_CHUNK] = [0; super::handlers::COPY_CHUNK];
+
+/// Whether `[off, off + len)` of the file is a hole (reads as zeros without being read).
+fn is_hole(fd: &OwnedFd, off: u64, len: u64) -> bool {
+    match sys::lseek(fd.as_fd(), off as i64, libc::SEEK_DATA) {
+        Ok(data) => data as u64 >= off + len,
+        Err(Errno(libc::ENXIO)) => true,
+        Err(_) => false,
     }
 }
 
@@ -304,6 +324,18 @@ impl Inner {
         *self.sync_state() = Some(SyncState::new(generation));
     }
 
+    /// See [`super::ReplicatedFs::set_basis`].
+    pub fn set_basis(&self, basis: Basis) -> Result<(), FsError> {
+        let _g = self.order();
+        let mut s = self.sync_state();
+        let Some(s) = s.as_mut() else { return Err(FsError::NotSyncing) };
+        if !s.listed.is_empty() || !s.stack.is_empty() {
+            return Err(FsError::Stream("the catch-up's basis came after the walk started".into()));
+        }
+        s.basis = Some(Model::new(basis.entries, basis.reuse));
+        Ok(())
+    }
+
     /// Fails unless the sync `generation` still runs (the sink was neither replaced nor detached).
     fn check(&self, generation: u64) -> Result<(), FsError> {
         match self.sync_state().as_ref() {
@@ -370,7 +402,8 @@ impl Inner {
                 }
             };
             let Some(listed) = step else { break };
-            flow.note(last, (listed.files + listed.dirs) * OBJECT_COST)?;
+            flow.note(last, (listed.files + listed.dirs + listed.removed) * OBJECT_COST)?;
+            totals.removed += listed.removed;
             for _ in 0..listed.dirs {
                 totals.dirs += 1;
                 totals.elapsed = start.elapsed();
@@ -421,7 +454,8 @@ impl Inner {
             // The secondary's root exists: give it the primary's owner, mode and xattrs.
             self.push(last, Op::Chown { path: rel(dir), uid: Some(st.st_uid), gid: Some(st.st_gid) });
             self.push(last, Op::Chmod { path: rel(dir), mode: st.st_mode & 0o7777 });
-            self.emit_xattrs(dir, last);
+            let root = self.sync_state().as_ref().and_then(|s| s.basis.as_ref()).and_then(|m| m.get(b"").cloned());
+            self.emit_xattrs_over(dir, root.as_ref(), last);
             out.dirs += 1;
         }
         // Listed from now on (the whole step is under the order lock, so no application change
@@ -432,6 +466,7 @@ impl Inner {
             .map_err(|e| local_err(dir, "opening the directory", e))?;
         let mut entries = sys::read_dir(fd).map_err(|e| local_err(dir, "reading the directory", e))?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut locals = Vec::with_capacity(entries.len());
         for e in entries {
             if e.name == b"." || e.name == b".." {
                 continue;
@@ -440,18 +475,29 @@ impl Inner {
             if self.excluded(&p) {
                 continue;
             }
-            let st = match self.stat_path(&p) {
-                Ok(st) => st,
+            match self.stat_path(&p) {
+                Ok(st) => locals.push((e.name, p, st)),
                 Err(e) if vanished(e) => continue,
                 Err(e) => return Err(local_err(&p, "stat", e)),
-            };
+            }
+        }
+        // A catch-up: first the names the secondary holds here and may not keep go.
+        let mut kept = self.prune(dir, &locals, last, &mut out);
+        for (name, p, st) in locals {
+            let old = kept.remove(&name);
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFDIR => {
-                    self.push(
-                        last,
-                        Op::Mkdir { path: rel(&p), mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid },
-                    );
-                    self.emit_xattrs(&p, last);
+                    match &old {
+                        // Kept: its entries are compared when it is listed in turn.
+                        Some(e) => self.emit_meta_over(&p, &st, e, last),
+                        None => {
+                            self.push(
+                                last,
+                                Op::Mkdir { path: rel(&p), mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid },
+                            );
+                            self.emit_xattrs(&p, last);
+                        }
+                    }
                     if let Some(s) = self.sync_state().as_mut() {
                         s.stack.push((p, key_of(&st)));
                     }
@@ -459,7 +505,8 @@ impl Inner {
                 }
                 libc::S_IFREG => {
                     out.files += 1;
-                    if let Some(job) = self.send_file_head(&p, &st, last).map_err(|e| local_err(&p, "open", e))? {
+                    let head = self.send_file_head(&p, &st, old.as_ref(), last);
+                    if let Some(job) = head.map_err(|e| local_err(&p, "open", e))? {
                         out.jobs.push(job);
                     }
                 }
@@ -486,10 +533,87 @@ impl Inner {
         Ok(out)
     }
 
+    /// Under the order lock, in a catch-up: removes on the secondary the names of `dir` it may
+    /// not keep (absent here, excluded, of another type, hard-linked, or all of them for a full
+    /// copy), and returns those it keeps, with what they hold.
+    fn prune(
+        &self,
+        dir: &[u8],
+        locals: &[(Vec<u8>, Vec<u8>, libc::stat)],
+        last: &mut Pending,
+        out: &mut Listed,
+    ) -> HashMap<Vec<u8>, Entry> {
+        let here: HashMap<&[u8], &libc::stat> = locals.iter().map(|(n, _, st)| (n.as_slice(), st)).collect();
+        let verdicts: Vec<(Vec<u8>, Entry, bool)> = {
+            let s = self.sync_state();
+            let Some(m) = s.as_ref().and_then(|s| s.basis.as_ref()) else { return HashMap::new() };
+            m.children(dir)
+                .into_iter()
+                .map(|(n, e)| {
+                    let keep = here
+                        .get(n.as_slice())
+                        .is_some_and(|st| m.keeps(&e, st.st_mode & libc::S_IFMT, st.st_nlink as u64));
+                    (n, e, keep)
+                })
+                .collect()
+        };
+        let mut kept = HashMap::new();
+        for (name, e, keep) in verdicts {
+            if keep {
+                kept.insert(name, e);
+                continue;
+            }
+            let p = join(dir, &name);
+            // The secondary removes a directory with whatever stale tree it holds.
+            self.push(last, if e.kind == Kind::Dir { Op::Rmdir { path: rel(&p) } } else { Op::Unlink { path: rel(&p) } });
+            out.removed += 1;
+        }
+        kept
+    }
+
+    /// A directory or file the secondary kept: its owner, mode and xattrs where they differ.
+    fn emit_meta_over(&self, p: &[u8], st: &libc::stat, old: &Entry, last: &mut Pending) {
+        let mode = st.st_mode & 0o7777;
+        let chown = old.uid != st.st_uid || old.gid != st.st_gid;
+        if chown {
+            self.push(last, Op::Chown { path: rel(p), uid: Some(st.st_uid), gid: Some(st.st_gid) });
+        }
+        // After a chown too: it clears the set-id bits.
+        if chown || old.mode != mode {
+            self.push(last, Op::Chmod { path: rel(p), mode });
+        }
+        self.emit_xattrs_over(p, Some(old), last);
+    }
+
+    /// The xattrs of `p`, over what the secondary holds (`old`; None: nothing): only the
+    /// differing ones are set, and the ones it has that `p` lacks are removed.
+    fn emit_xattrs_over(&self, p: &[u8], old: Option<&Entry>, last: &mut Pending) {
+        let Some(old) = old else { return self.emit_xattrs(p, last) };
+        let mine = self.xattrs_of(p);
+        for name in old.xattrs.keys() {
+            if !mine.contains_key(name) {
+                self.push(last, Op::RemoveXattr { path: rel(p), name: name.clone() });
+            }
+        }
+        for (name, value) in mine {
+            if old.xattrs.get(&name) != Some(&value) {
+                self.push(last, Op::SetXattr { path: rel(p), name, value, flags: 0 });
+            }
+        }
+    }
+
     /// Under the order lock: a Link to the first name sent of a hard-linked file, or the file's
     /// Create, Truncate to its size, xattrs, and the application's writable handles opened on
     /// the secondary. Returns the job that sends its data.
-    fn send_file_head(&self, p: &[u8], st: &libc::stat, last: &mut Pending) -> Result<Option<FileJob>, Errno> {
+    /// A file the secondary kept (`old`) is opened there without truncation; the job then sends
+    /// only the blocks that differ from its hashes.
+    fn send_file_head(
+        &self,
+        p: &[u8],
+        st: &libc::stat,
+        old: Option<&Entry>,
+        last: &mut Pending,
+    ) -> Result<Option<FileJob>, Errno> {
         let key = key_of(st);
         if st.st_nlink > 1 {
             if let Some(first) = self.sync_sent_name(key).filter(|f| f != p) {
@@ -511,15 +635,25 @@ impl Inner {
             Op::Create {
                 fh,
                 path: rel(p),
-                flags: libc::O_WRONLY | libc::O_TRUNC,
+                // An existing file keeps its data (and its owner and mode: set below).
+                flags: if old.is_some() { libc::O_WRONLY } else { libc::O_WRONLY | libc::O_TRUNC },
                 mode: st.st_mode & 0o7777,
                 uid: st.st_uid,
                 gid: st.st_gid,
             },
         );
+        if let Some(old) = old {
+            let chown = old.uid != st.st_uid || old.gid != st.st_gid;
+            if chown {
+                self.push(last, Op::Chown { path: rel(p), uid: Some(st.st_uid), gid: Some(st.st_gid) });
+            }
+            if chown || old.mode != st.st_mode & 0o7777 {
+                self.push(last, Op::Chmod { path: rel(p), mode: st.st_mode & 0o7777 });
+            }
+        }
         // The size first: from now on every change of size by the application is sent.
         self.push(last, Op::Truncate { fh, size });
-        self.emit_xattrs(p, last);
+        self.emit_xattrs_over(p, old, last);
         self.open_app_handles(key, p, last);
         if let Some(s) = self.sync_state().as_mut() {
             if st.st_nlink > 1 {
@@ -527,7 +661,7 @@ impl Inner {
             }
             s.copying.insert(fh, (p.to_vec(), key));
         }
-        Ok(Some(FileJob { fh, fd }))
+        Ok(Some(FileJob { fh, fd, basis: old.map(|e| e.blocks.clone()) }))
     }
 
     /// Sends the data of one file, one chunk (at most 1 MiB) per step under the order lock, then
@@ -537,6 +671,29 @@ impl Inner {
         &self,
         generation: u64,
         job: FileJob,
+        buf: &mut [u8],
+        flow: &mut Flow,
+        totals: &mut SyncProgress,
+        start: Instant,
+        progress: &mut dyn FnMut(&SyncProgress),
+    ) -> Result<(), FsError> {
+        let mut job = job;
+        match job.basis.take() {
+            Some(blocks) => {
+                totals.compared += 1;
+                self.copy_differing(generation, &job, &blocks, buf, flow, totals, start, progress)?
+            }
+            None => self.copy_all(generation, &job, buf, flow, totals, start, progress)?,
+        }
+        self.close_copy(generation, job, flow)
+    }
+
+    /// Sends every data chunk of the file (holes skipped).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_all(
+        &self,
+        generation: u64,
+        job: &FileJob,
         buf: &mut [u8],
         flow: &mut Flow,
         totals: &mut SyncProgress,
@@ -569,6 +726,85 @@ impl Inner {
             progress(totals);
             flow.note(last, n)?;
         }
+        Ok(())
+    }
+
+    /// Sends the blocks of a file the secondary kept whose blake3 differs from `basis` (its
+    /// hashes, per `COPY_CHUNK` block). Each block is first read and hashed without the order
+    /// lock: the file is on the secondary since its listing and every later change to it is
+    /// replicated, so a block equal to the basis now ends equal on both sides (the argument is
+    /// in docs/replication.md, "Catch-up"). A differing block is read again and queued under
+    /// the lock, so no concurrent write is overtaken by older data. A block of zeros is sent as
+    /// a hole punch.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_differing(
+        &self,
+        generation: u64,
+        job: &FileJob,
+        basis: &[Hash],
+        buf: &mut [u8],
+        flow: &mut Flow,
+        totals: &mut SyncProgress,
+        start: Instant,
+        progress: &mut dyn FnMut(&SyncProgress),
+    ) -> Result<(), FsError> {
+        let bs = buf.len() as u64;
+        let read_err = |e| local_err(b"", "reading a file to compare", e);
+        let mut index = 0usize;
+        loop {
+            self.check(generation)?;
+            let off = index as u64 * bs;
+            let st = sys::fstat(job.fd.as_fd()).map_err(|e| local_err(b"", "fstat", e))?;
+            let size = st.st_size.max(0) as u64;
+            if st.st_nlink == 0 || off >= size {
+                break;
+            }
+            let len = (size - off).min(bs) as usize;
+            let same = match basis.get(index) {
+                None => false,
+                Some(theirs) => {
+                    let mine = if is_hole(&job.fd, off, len as u64) {
+                        blake3::hash(&ZEROS[..len])
+                    } else {
+                        let n = sys::pread_full(job.fd.as_fd(), &mut buf[..len], off).map_err(read_err)?;
+                        blake3::hash(&buf[..n])
+                    };
+                    mine.as_bytes() == theirs
+                }
+            };
+            let mut last: Pending = None;
+            let mut sent = 0u64;
+            if same {
+                totals.matched += len as u64;
+            } else {
+                let _g = self.order();
+                self.check(generation)?;
+                let st = sys::fstat(job.fd.as_fd()).map_err(|e| local_err(b"", "fstat", e))?;
+                let size = st.st_size.max(0) as u64;
+                if st.st_nlink == 0 || off >= size {
+                    break;
+                }
+                let len = (size - off).min(bs) as usize;
+                let n = sys::pread_full(job.fd.as_fd(), &mut buf[..len], off).map_err(read_err)?;
+                if buf[..n].iter().all(|b| *b == 0) {
+                    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                    self.push(&mut last, Op::Fallocate { fh: job.fh, mode, offset: off, len: n as u64 });
+                } else {
+                    self.push(&mut last, Op::Write { fh: job.fh, offset: off, data: buf[..n].to_vec() });
+                    sent = n as u64;
+                }
+            }
+            totals.bytes += sent;
+            totals.elapsed = start.elapsed();
+            progress(totals);
+            flow.note(last, sent.max(OBJECT_COST))?;
+            index += 1;
+        }
+        Ok(())
+    }
+
+    /// Closes the sync's handle on a copied file and sends its mtime.
+    fn close_copy(&self, generation: u64, job: FileJob, flow: &mut Flow) -> Result<(), FsError> {
         let mut last: Pending = None;
         {
             let _g = self.order();
