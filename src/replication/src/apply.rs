@@ -555,7 +555,7 @@ impl Applier {
                 // Over a directory that is empty on the primary but still holds a stale tree
                 // here (a catch-up in progress): that tree goes, as the primary's did.
                 let r = match rename() {
-                    Err(Errno::NOTEMPTY | Errno::EXIST) if *flags & RenameFlags::EXCHANGE.bits() == 0 => {
+                    Err(Errno::NOTEMPTY | Errno::EXIST) if *flags == 0 => {
                         remove_tree_in(self.dir(&b), &b.name).and_then(|_| rename())
                     }
                     r => r,

@@ -167,13 +167,20 @@ fn directories_and_nodes() {
     assert_eq!(m.uid(), 3);
     a.apply(&Op::Mknod { path: p("a/reg"), mode: 0o100644, rdev: 0, uid: 0, gid: 0 }).unwrap();
     assert!(fs::symlink_metadata(d.path().join("a/reg")).unwrap().is_file());
-    let e = a.apply(&Op::Rmdir { path: p("a") }).unwrap_err();
-    assert_eq!(e.os_error().unwrap().raw_os_error(), Some(39), "ENOTEMPTY: {e}");
     a.apply(&Op::Unlink { path: p("a/fifo") }).unwrap();
-    a.apply(&Op::Unlink { path: p("a/reg") }).unwrap();
     a.apply(&Op::Rmdir { path: p("a/b") }).unwrap();
+    assert!(!d.path().join("a/b").exists());
+    // A directory the primary removed (so it was empty there) that still holds a stale tree
+    // here, from before a catch-up: the tree goes with it, symlinks not followed.
+    a.apply(&Op::Mkdir { path: p("a/s"), mode: 0o755, uid: 0, gid: 0 }).unwrap();
+    a.apply(&Op::Mkdir { path: p("a/s/t"), mode: 0o755, uid: 0, gid: 0 }).unwrap();
+    fs::write(d.path().join("a/s/t/f"), b"stale").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("keep"), b"outside").unwrap();
+    std::os::unix::fs::symlink(outside.path(), d.path().join("a/s/out")).unwrap();
     a.apply(&Op::Rmdir { path: p("a") }).unwrap();
     assert!(!d.path().join("a").exists());
+    assert_eq!(fs::read(outside.path().join("keep")).unwrap(), b"outside");
 }
 
 #[test]
@@ -413,4 +420,20 @@ fn fsync_syncs_what_changed_and_falls_back_to_syncfs_only_when_it_must() {
     a.apply(&Op::Fsync { fh: Some(2), datasync: false }).unwrap();
     assert_eq!(a.whole_syncs(), 4);
     assert!(a.is_clean());
+}
+
+/// A rename over a directory that is empty on the primary but holds a stale tree here (a
+/// catch-up in progress) replaces it; RENAME_NOREPLACE still refuses an existing target.
+#[test]
+fn rename_over_a_stale_tree_replaces_it() {
+    let (d, mut a) = setup();
+    a.apply(&Op::Mkdir { path: p("new"), mode: 0o755, uid: 0, gid: 0 }).unwrap();
+    a.apply(&Op::Mkdir { path: p("old"), mode: 0o755, uid: 0, gid: 0 }).unwrap();
+    fs::create_dir_all(d.path().join("old/x/y")).unwrap();
+    fs::write(d.path().join("old/x/y/z"), b"stale").unwrap();
+    let e = a.apply(&Op::Rename { from: p("new"), to: p("old"), flags: 1 }).unwrap_err();
+    assert_eq!(e.os_error().unwrap().raw_os_error(), Some(17), "EEXIST: {e}");
+    a.apply(&Op::Rename { from: p("new"), to: p("old"), flags: 0 }).unwrap();
+    assert!(!d.path().join("new").exists());
+    assert_eq!(fs::read_dir(d.path().join("old")).unwrap().count(), 0);
 }
