@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_config::{HookPoint, ModuleConfig};
 use tandem_machine::{
-    Action, Admin, FarmEvent, FarmMachine, Hook, Level, MirrorEvent, MirrorMachine, ReplicationRole, State,
+    Action, Admin, FarmEvent, FarmMachine, Hook, Level, MirrorEvent, MirrorMachine, ReplicationRole, ResyncMode, State,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -516,13 +516,10 @@ impl<V: VipOps> Driver<V> {
                     });
                     if let (Some(r), Some(join)) = (self.replica.as_mut(), join) {
                         self.body_tx.send_modify(|b| b.synced_join = None);
-                        self.log.append(
-                            "INFO",
-                            &format!(
-                                "catch-up ({mode}) done as a full copy: incremental catch-up is not implemented yet"
-                            ),
-                        );
-                        r.peer_joined(join);
+                        // Zones and block hashes are one catch-up for now: by block hashes.
+                        let full = matches!(mode, ResyncMode::Full);
+                        self.log.append("INFO", &format!("catch-up of the secondary ({mode})"));
+                        r.peer_joined(join, full);
                     }
                 }
                 Action::StopReplication => {

@@ -88,7 +88,8 @@ pub fn op_name(op: &Op) -> &'static str {
 
 /// Removes the directory `name` of `dir` with everything below it, never following a symlink.
 fn remove_tree_in(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Result<(), Errno> {
-    let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let fd =
+        rfs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
     let mut names = Vec::new();
     for entry in rfs::Dir::read_from(&fd)? {
         let entry = entry?;
@@ -550,7 +551,13 @@ impl Applier {
                 let a = self.locate(name, from)?;
                 let b = self.locate(name, to)?;
                 let rename = || {
-                    rfs::renameat_with(self.dir(&a), &a.name, self.dir(&b), &b.name, RenameFlags::from_bits_retain(*flags))
+                    rfs::renameat_with(
+                        self.dir(&a),
+                        &a.name,
+                        self.dir(&b),
+                        &b.name,
+                        RenameFlags::from_bits_retain(*flags),
+                    )
                 };
                 // Over a directory that is empty on the primary but still holds a stale tree
                 // here (a catch-up in progress): that tree goes, as the primary's did.

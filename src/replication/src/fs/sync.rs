@@ -565,7 +565,10 @@ impl Inner {
             }
             let p = join(dir, &name);
             // The secondary removes a directory with whatever stale tree it holds.
-            self.push(last, if e.kind == Kind::Dir { Op::Rmdir { path: rel(&p) } } else { Op::Unlink { path: rel(&p) } });
+            self.push(
+                last,
+                if e.kind == Kind::Dir { Op::Rmdir { path: rel(&p) } } else { Op::Unlink { path: rel(&p) } },
+            );
             out.removed += 1;
         }
         kept

@@ -1,0 +1,113 @@
+//! Acceptance of the catch-up with real daemons: a secondary that comes back keeps its copy and
+//! receives only what differs (the bytes sent are counted and asserted), after a clean stop,
+//! after a power loss of the primary under a writer, and after a `swap`.
+
+mod support;
+
+use std::time::Duration;
+use support::{Cluster, DEFAULT_TIMERS};
+
+const DIR: &str = "/srv/web";
+const MIB: u64 = 1 << 20;
+
+/// The numbers of the last "catch-up done" line of `node`'s module log: (bytes sent, bytes
+/// found identical, the line).
+fn last_catch_up(c: &Cluster, node: &str) -> Option<(u64, u64, String)> {
+    let log = c.log(node);
+    let line = log.lines().rev().find(|l| l.contains("catch-up done (block hashes)"))?.to_string();
+    let number_before = |what: &str| -> Option<u64> {
+        let i = line.find(what)?;
+        line[..i].trim_end().rsplit(' ').next()?.parse().ok()
+    };
+    Some((number_before(" bytes sent")?, number_before(" bytes identical")?, line))
+}
+
+/// Waits for a catch-up line on `node` other than `before`, and returns it.
+fn wait_catch_up(c: &Cluster, node: &str, before: Option<&str>) -> (u64, u64, String) {
+    let mut found = None;
+    c.wait_until(Duration::from_secs(90), &format!("a new catch-up line in {node}'s log"), || {
+        found = last_catch_up(c, node).filter(|(_, _, l)| Some(l.as_str()) != before);
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+fn assert_verify_identical(c: &Cluster, primary: &str) {
+    let out = c.admin(primary, &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the copies are identical"), "{text}");
+}
+
+#[test]
+fn a_returning_secondary_receives_only_what_differs() {
+    let mut c = Cluster::with_dirs("cu", 1, &DEFAULT_TIMERS, &[DIR]);
+    // 64 MiB image and 100 files of 10,000 bytes, there before the first start: the first join
+    // is a full copy.
+    c.sh(
+        "n1",
+        "mkdir -p /srv/web/files && head -c 67108864 /dev/urandom > /srv/web/image \
+         && for i in $(seq 1 100); do head -c 10000 /dev/urandom > /srv/web/files/f$i; done",
+    );
+    c.bring_up_replicated();
+    assert!(c.log("n1").contains("full copy done: "), "{}", c.log("n1"));
+
+    // 1. A clean stop of the secondary; the primary goes on ALONE and changes 3 zones of the
+    //    image and writes 5 new files; the secondary comes back.
+    assert!(c.admin("n2", &["stop"]).status.success());
+    c.wait_state("n1", 2, Duration::from_secs(10));
+    c.sh(
+        "n1",
+        "cd /srv/web && for z in 3 17 60; do printf changed | dd of=image bs=1 seek=$((z*1048576+100)) conv=notrunc status=none; done \
+         && for i in 1 2 3 4 5; do head -c 10000 /dev/urandom > files/new$i; done && rm files/f7 && sync",
+    );
+    assert!(c.admin("n2", &["start"]).status.success());
+    c.wait_state("n2", 4, Duration::from_secs(90));
+    c.wait_state("n1", 3, Duration::from_secs(10));
+    let (sent, same, line) = wait_catch_up(&c, "n1", None);
+    println!("after a clean stop: {line}");
+    assert_eq!(sent, 3 * MIB + 5 * 10_000, "only the 3 changed zones and the 5 new files: {line}");
+    assert_eq!(same, 61 * MIB + 99 * 10_000, "the rest compared identical: {line}");
+    assert_verify_identical(&c, "n1");
+
+    // 2. The primary loses power while a writer changes the first 4 MiB of the image; n2 takes
+    //    over and changes 2 zones; n1 comes back as secondary and gets only differing blocks.
+    c.sh(
+        "n1",
+        "nohup python3 -c \"
+import os, random
+fd = os.open('/srv/web/image', os.O_WRONLY)
+while True:
+    os.pwrite(fd, os.urandom(4096), random.randrange(0, 4 * 1048576 - 4096))
+    os.fsync(fd)
+\" >/dev/null 2>&1 &",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    c.lab().kill("n1").unwrap();
+    c.forget_daemon("n1");
+    c.wait_state("n2", 2, Duration::from_secs(15));
+    c.sh(
+        "n2",
+        "cd /srv/web && for z in 30 50; do printf again | dd of=image bs=1 seek=$((z*1048576)) conv=notrunc status=none; done && sync",
+    );
+    c.lab().restart("n1").unwrap();
+    c.start_daemon("n1");
+    c.wait_state("n1", 4, Duration::from_secs(90));
+    c.wait_state("n2", 3, Duration::from_secs(10));
+    let (sent, same, line) = wait_catch_up(&c, "n2", None);
+    println!("after a power loss of the primary: {line}");
+    assert!(sent >= 2 * MIB, "n2's 2 zones at least: {line}");
+    assert!(sent <= 6 * MIB, "at most the writer's 4 MiB and n2's 2 zones: {line}");
+    assert!(same >= 58 * MIB, "{line}");
+    assert_verify_identical(&c, "n2");
+
+    // 3. `swap`: the roles exchange and nothing is sent.
+    let before = last_catch_up(&c, "n1").map(|(_, _, l)| l);
+    assert!(c.admin("n2", &["swap"]).status.success());
+    c.wait_state("n1", 3, Duration::from_secs(60));
+    c.wait_state("n2", 4, Duration::from_secs(60));
+    let (sent, _, line) = wait_catch_up(&c, "n1", before.as_deref());
+    println!("after swap: {line}");
+    assert_eq!(sent, 0, "a swap sends no data: {line}");
+    assert_verify_identical(&c, "n1");
+}
