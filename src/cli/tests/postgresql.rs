@@ -28,7 +28,8 @@ const VIP: &str = "198.18.0.140";
 /// pgbench clients; each inserts ids `client * ID_BASE + n` for its n-th transaction.
 const CLIENTS: u64 = 8;
 const ID_BASE: u64 = 1_000_000_000;
-/// Rows committed before the power loss is provoked.
+/// The power loss comes once pgbench has run this long and committed this many rows.
+const RUN_BEFORE_KILL: Duration = Duration::from_secs(3);
 const ROWS_BEFORE_KILL: u64 = 400;
 
 /// `tandem state -m postgresql` exit codes.
@@ -98,13 +99,19 @@ impl Pg {
         let mut out = String::new();
         for node in ["n1", "n2"] {
             let dir = format!("/var/lib/tandem/modules/{MODULE}");
-            let log = self.read_node_file(node, &format!("{dir}/log.1")) + &self.read_node_file(node, &format!("{dir}/log"));
+            let log =
+                self.read_node_file(node, &format!("{dir}/log.1")) + &self.read_node_file(node, &format!("{dir}/log"));
             out += &format!("\n--- {node}: module log ---\n{}\n", tail(log, 200));
-            out += &format!("--- {node}: PostgreSQL log ({PGLOG}) ---\n{}\n", tail(self.read_node_file(node, PGLOG), 80));
+            out +=
+                &format!("--- {node}: PostgreSQL log ({PGLOG}) ---\n{}\n", tail(self.read_node_file(node, PGLOG), 80));
             if let Ok(rd) = std::fs::read_dir(self.node_disk(node, &format!("{dir}/hooks"))) {
                 for e in rd.flatten() {
                     let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    out += &format!("--- {node}: hook output {} ---\n{}\n", e.file_name().to_string_lossy(), tail(text, 30));
+                    out += &format!(
+                        "--- {node}: hook output {} ---\n{}\n",
+                        e.file_name().to_string_lossy(),
+                        tail(text, 30)
+                    );
                 }
             }
             out += &format!("--- {node}: daemon ---\n{}\n", tail(self.c.daemon_log(node), 60));
@@ -157,7 +164,10 @@ impl Pg {
             if state == code {
                 return t.elapsed();
             }
-            assert!(t.elapsed() < within, "timed out after {within:?} waiting for {node} in state {code} (last {state})");
+            assert!(
+                t.elapsed() < within,
+                "timed out after {within:?} waiting for {node} in state {code} (last {state})"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -263,8 +273,10 @@ fn server_log_problems(log: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The size in a catch-up log line: the first number followed by a unit of bytes (`B`, `bytes`,
-/// `KiB`, `MiB`, `GiB`, or `kB`/`MB`/`GB`), in bytes.
+/// The size in a catch-up log line, in bytes: a number followed by a unit of bytes (`B`,
+/// `bytes`, `KiB`, `MiB`, `GiB`, or `kB`/`MB`/`GB`); the one said to be sent ("11436580 bytes
+/// sent", "sent 3 MiB") if the line has several (an incremental catch-up also counts the bytes it
+/// found identical), else the first.
 fn bytes_in(line: &str) -> Option<u64> {
     let unit = |u: &str| -> Option<f64> {
         Some(match u {
@@ -280,16 +292,20 @@ fn bytes_in(line: &str) -> Option<u64> {
     };
     let toks: Vec<&str> =
         line.split(|c: char| c.is_whitespace() || ",;:()[]=".contains(c)).filter(|t| !t.is_empty()).collect();
+    // (bytes, index of the token before the size, index of the token after it)
+    let mut sizes = Vec::new();
     for (i, t) in toks.iter().enumerate() {
         let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, suffix) = t.split_at(split);
         let Ok(n) = num.parse::<f64>() else { continue };
-        let u = if suffix.is_empty() { toks.get(i + 1).and_then(|u| unit(u)) } else { unit(suffix) };
+        let (u, after) =
+            if suffix.is_empty() { (toks.get(i + 1).and_then(|u| unit(u)), i + 2) } else { (unit(suffix), i + 1) };
         if let Some(u) = u {
-            return Some((n * u).round() as u64);
+            sizes.push(((n * u).round() as u64, i.checked_sub(1), after));
         }
     }
-    None
+    let sent = |i: Option<usize>| i.and_then(|i| toks.get(i)).is_some_and(|t| *t == "sent");
+    sizes.iter().find(|(_, before, after)| sent(*before) || sent(Some(*after))).or(sizes.first()).map(|s| s.0)
 }
 
 /// The primary's report of the catch-up that brought a returning secondary up to date: today the
@@ -348,10 +364,8 @@ fn postgresql_loses_no_committed_transaction_when_the_primary_loses_power() {
     println!("lab {} up, module installed: {:.1} s", pg.c.name, t0.elapsed().as_secs_f64());
 
     // The module as shipped is valid with the lab's cluster.
-    let out = pg.c.tandem(
-        "n1",
-        &["config", "check", "/etc/tandem/cluster.toml", &format!("{INSTALL_DIR}/module.toml")],
-    );
+    let out =
+        pg.c.tandem("n1", &["config", "check", "/etc/tandem/cluster.toml", &format!("{INSTALL_DIR}/module.toml")]);
     assert!(out.status.success(), "config check: {}", String::from_utf8_lossy(&out.stderr));
 
     // The database cluster is created on the first primary, before the first start.
@@ -374,7 +388,10 @@ fn postgresql_loses_no_committed_transaction_when_the_primary_loses_power() {
     pg.wait_state("n2", SECOND, Duration::from_secs(30));
     pg.wait_server(Duration::from_secs(120), "PostgreSQL on n1 answers through the VIP");
     assert_eq!(pg.vip_holders(), ["n1"]);
-    assert!(pg.c.sh("n1", "mount").contains(&format!("{PGDATA} type fuse.tandem-{MODULE}")), "PGDATA is the FUSE layer");
+    assert!(
+        pg.c.sh("n1", "mount").contains(&format!("{PGDATA} type fuse.tandem-{MODULE}")),
+        "PGDATA is the FUSE layer"
+    );
     println!("n1 PRIM serving PostgreSQL, n2 SECOND: {:.1} s", t0.elapsed().as_secs_f64());
 
     pg.sql_ok("postgres", "CREATE DATABASE bench");
@@ -384,20 +401,21 @@ fn postgresql_loses_no_committed_transaction_when_the_primary_loses_power() {
          at timestamptz NOT NULL DEFAULT clock_timestamp())",
     );
 
-    // pgbench through the VIP; the primary loses power once it has committed a few hundred rows.
+    // pgbench through the VIP; the primary loses power in the middle of the run.
     let logs = tempfile::Builder::new().prefix("tandem-pgbench-").tempdir().unwrap();
     let mut bench = start_pgbench(&pg, logs.path(), 120);
     let bench_started = Instant::now();
     let mut rows_at_kill = 0;
-    pg.wait_until(Duration::from_secs(90), &format!("pgbench commits {ROWS_BEFORE_KILL} rows"), || {
+    let what = format!("pgbench runs {RUN_BEFORE_KILL:?} and commits {ROWS_BEFORE_KILL} rows");
+    pg.wait_until(Duration::from_secs(90), &what, || {
         if let Ok(Some(status)) = bench.try_wait() {
             panic!("pgbench ended before the power loss: {status}");
         }
         rows_at_kill = pg.sql("bench", "SELECT count(*) FROM t").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        rows_at_kill >= ROWS_BEFORE_KILL
+        rows_at_kill >= ROWS_BEFORE_KILL && bench_started.elapsed() >= RUN_BEFORE_KILL
     });
-    // A moment later, somewhere between two commits or in one.
-    std::thread::sleep(Duration::from_millis(300 + u64::from(std::process::id() % 700)));
+    // Then at a pseudo-random moment: between two commits or in one.
+    std::thread::sleep(Duration::from_millis(u64::from(std::process::id() % 1000)));
     pg.c.lab().kill("n1").unwrap();
     let killed = Instant::now();
     println!(
@@ -407,12 +425,14 @@ fn postgresql_loses_no_committed_transaction_when_the_primary_loses_power() {
     pg.c.forget_daemon("n1");
 
     // Failover: n2 takes the VIP and starts PostgreSQL, which recovers from its WAL.
-    let alone = pg.wait_state("n2", ALONE, Duration::from_secs(30));
+    pg.wait_state("n2", ALONE, Duration::from_secs(30));
+    let alone = killed.elapsed();
     let mut bench_status = None;
     pg.wait_until(Duration::from_secs(90), "pgbench ends (its connections to n1 fail)", || {
         bench_status = bench.try_wait().unwrap();
         bench_status.is_some()
     });
+    let bench_ended = killed.elapsed();
     let bench_out = bench.wait_with_output().unwrap();
     let bench_err = String::from_utf8_lossy(&bench_out.stderr);
     assert!(
@@ -421,12 +441,17 @@ fn postgresql_loses_no_committed_transaction_when_the_primary_loses_power() {
         bench_status,
         String::from_utf8_lossy(&bench_out.stdout)
     );
-    pg.wait_server(Duration::from_secs(120), "PostgreSQL on n2 answers through the VIP");
+    let aborted: Vec<&str> = bench_err.lines().filter(|l| l.contains("client") && l.contains("aborted")).collect();
     println!(
-        "n2 ALONE {:.1} s after the power loss; PostgreSQL answering on the VIP (checked once pgbench ended) {:.1} s after it",
+        "n2 ALONE {:.1} s after the power loss; pgbench ended {:.1} s after it ({}; {} client(s) aborted, e.g. {})",
         alone.as_secs_f64(),
-        killed.elapsed().as_secs_f64()
+        bench_ended.as_secs_f64(),
+        bench_status.unwrap(),
+        aborted.len(),
+        aborted.first().map(|l| l.trim()).unwrap_or("-")
     );
+    pg.wait_server(Duration::from_secs(120), "PostgreSQL on n2 answers through the VIP");
+    println!("PostgreSQL on n2 answers through the VIP: {:.1} s after the power loss", killed.elapsed().as_secs_f64());
     assert_eq!(pg.vip_holders(), ["n2"]);
 
     // Every transaction pgbench saw committed is on n2. A client may also have one more, in flight
@@ -434,8 +459,7 @@ fn postgresql_loses_no_committed_transaction_when_the_primary_loses_power() {
     let committed = committed_by_client(logs.path());
     let total: u64 = committed.values().sum();
     assert!(total >= ROWS_BEFORE_KILL, "pgbench logged only {total} commits: {committed:?}\n{bench_err}");
-    let acked: BTreeSet<u64> =
-        committed.iter().flat_map(|(&c, &k)| (1..=k).map(move |n| c * ID_BASE + n)).collect();
+    let acked: BTreeSet<u64> = committed.iter().flat_map(|(&c, &k)| (1..=k).map(move |n| c * ID_BASE + n)).collect();
     let on_n2 = pg.ids();
     let missing: Vec<&u64> = acked.difference(&on_n2).collect();
     assert!(
@@ -467,7 +491,10 @@ fn postgresql_loses_no_committed_transaction_when_the_primary_loses_power() {
     assert!(problems.is_empty(), "n2's server log shows errors:\n{}\n--- log ---\n{log}", problems.join("\n"));
     assert!(log.contains("database system is ready to accept connections"), "{log}");
     for l in log.lines().filter(|l| {
-        l.contains("not properly shut down") || l.contains("redo ") || l.contains("ready to accept") || l.contains("WARNING")
+        l.contains("not properly shut down")
+            || l.contains("redo ")
+            || l.contains("ready to accept")
+            || l.contains("WARNING")
     }) {
         println!("  n2 server log: {l}");
     }
@@ -536,7 +563,13 @@ fn catch_up_reports_are_parsed_in_both_forms() {
     let full = "2026-12-01T10:00:00.123Z INFO full copy done: 1234 files, 25 directories, 41 MiB in 2.1 s (19 MiB/s)";
     assert_eq!(catch_up_report(full), Some((full.to_string(), Some(41 << 20))));
     for (line, bytes) in [
+        (
+            "2026-12-03T19:22:35.910Z INFO  catch-up done (block hashes): 1269 files, 27 directories, 1269 files \
+             compared, 37616378 bytes identical, 11436580 bytes sent, 2 stale names removed, in 0.48 s",
+            11436580,
+        ),
         ("INFO catch-up done: 12 zones, 3145728 bytes sent in 0.2 s", 3145728),
+        ("INFO catch-up done: 5 MiB identical, sent 2 MiB", 2 << 20),
         ("INFO catch-up done (zones since g7): 768 KiB in 0.1 s", 768 << 10),
         ("INFO catch-up done: sent 1.5MiB", 1572864),
         ("INFO catch-up done: bytes=4096B", 4096),
@@ -544,7 +577,8 @@ fn catch_up_reports_are_parsed_in_both_forms() {
         assert_eq!(catch_up_report(line).unwrap().1, Some(bytes), "{line}");
     }
     // The last report wins; the "catch-up (...) done as a full copy" notice is not a report.
-    let log = format!("{full}\nINFO catch-up (full) done as a full copy: incremental catch-up is not implemented yet\n");
+    let log =
+        format!("{full}\nINFO catch-up (full) done as a full copy: incremental catch-up is not implemented yet\n");
     assert_eq!(catch_up_report(&log).unwrap().0, full);
     assert_eq!(catch_up_report("nothing here"), None);
     assert_eq!(catch_up_report("INFO catch-up done").unwrap().1, None);
