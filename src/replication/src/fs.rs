@@ -92,6 +92,8 @@ pub struct SyncProgress {
     pub compared: u64,
     /// Catch-up: stale names removed from the secondary (a directory counts once, with its tree).
     pub removed: u64,
+    /// Catch-up with a zone log: bytes of kept files not read at all, known unchanged.
+    pub unread: u64,
 }
 
 /// What the secondary's copy of one directory holds at the start of a catch-up: its manifest
@@ -103,6 +105,10 @@ pub struct Basis {
     /// Keep and compare the secondary's directories and files (a block-hash catch-up). False:
     /// remove everything it holds and send it all again (`second --fullsync`).
     pub reuse: bool,
+    /// The zone log kept since the secondary's copy was last in sync, when it may be trusted
+    /// (the secondary left cleanly): a kept file is then compared only in its recorded zones,
+    /// and not read at all if the log never saw it change (and its ctime, size and mtime agree).
+    pub zones: Option<Arc<crate::zonelog::ZoneLog>>,
 }
 
 fn io_err(path: &Path, what: &'static str, e: sys::Errno) -> FsError {
@@ -301,6 +307,12 @@ impl ReplicatedFs {
     /// Attaching or detaching a sink meanwhile ends it with [`FsError::Stream`].
     pub fn full_sync(&self, progress: &mut dyn FnMut(&SyncProgress)) -> Result<SyncProgress, FsError> {
         self.inner.full_sync(progress)
+    }
+
+    /// Installs (or removes) the zone log: from now on, every change that reaches a file through
+    /// the mount is recorded in it first (see [`crate::zonelog`]).
+    pub fn set_zone_log(&self, log: Option<Arc<crate::zonelog::ZoneLog>>) {
+        self.inner.set_zone_log(log);
     }
 
     /// Installs the change-tracking hook (see [`ChangeObserver`]).

@@ -5,7 +5,8 @@
 //!   cluster key) and the ordered, acknowledged stream between primary and secondary;
 //! - `fs`: the primary's FUSE layer over the replicated directory, with the full synchronisation;
 //! - `apply`: the secondary's applier;
-//! - `manifest`: per-file, per-block blake3 manifests and their differences (verify).
+//! - `manifest`: per-file, per-block blake3 manifests and their differences (verify);
+//! - `zonelog`: the durable log of the zones changed while no secondary is in sync.
 
 pub mod apply;
 pub mod channel;
@@ -14,3 +15,4 @@ pub mod fs;
 pub mod manifest;
 pub mod op;
 pub mod stream;
+pub mod zonelog;

@@ -18,6 +18,7 @@ use tandem_replication::apply::Applier;
 use tandem_replication::fs::{Basis, ChangeObserver, FsError, MountOptions, OpSink, ReplicatedFs, SyncProgress};
 use tandem_replication::manifest::{self, DiffOptions};
 use tandem_replication::op::{AckLevel, Op};
+use tandem_replication::zonelog::ZoneLog;
 
 fn fuse_available() -> bool {
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
@@ -355,7 +356,9 @@ struct Writers {
 
 const BIG: u64 = 64 << 20;
 
-fn start_writers(p: &Path, seed: u64, big: File) -> Writers {
+/// `dir_renames`: whether the namespace writer also moves whole directories (which makes a zone
+/// log compare everything).
+fn start_writers(p: &Path, seed: u64, big: File, dir_renames: bool) -> Writers {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     // 1. Known patterns at known offsets of the big file, through a handle opened before the
@@ -416,7 +419,11 @@ fn start_writers(p: &Path, seed: u64, big: File) -> Writers {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let d = |r: &mut Rng| format!("d{}", r.below(10));
-                match rng.below(8) {
+                let mut op = rng.below(8);
+                if !dir_renames && (op == 2 || op == 6) {
+                    op = 0;
+                }
+                match op {
                     0 => {
                         let name = p.join(d(&mut rng)).join(format!("new{n}"));
                         let len = rng.below(20000) as usize;
@@ -542,31 +549,49 @@ fn make_stale(r: &Path, rng: &mut Rng) {
     fs::write(r.join("only-here"), b"x").unwrap();
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Replica {
+    /// Empty: a full copy.
+    Empty,
+    /// An old copy with changes of its own: a catch-up by block hashes.
+    Stale,
+    /// In sync when the zone log started (the secondary left cleanly): a zone catch-up.
+    Tracked,
+}
+
 /// (2) The race: writers change the tree through the mount during the whole sync (and a little
 /// after); the replay of every op recorded (sync and application) into the replica gives the
-/// primary's tree exactly. Several timings; `stale`: the replica kept an old, changed copy of
-/// the tree and the sync is a catch-up over it (its manifest as the basis), else it is empty.
-fn race(name: &str, stale: bool) {
+/// primary's tree exactly. Several timings, and three kinds of replica.
+fn race(name: &str, replica: Replica) {
     for (round, (before_ms, after_ms)) in [(0u64, 0u64), (30, 50), (150, 10), (5, 200)].into_iter().enumerate() {
         let a = area();
         let p = a.primary.clone();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ round as u64);
         make_race_tree(&p, &mut rng);
-        if stale {
+        if replica != Replica::Empty {
             fs::remove_dir(&a.replica).unwrap();
             copy_tree(&p, &a.replica);
+        }
+        if replica == Replica::Stale {
             make_stale(&a.replica, &mut rng);
         }
         let fsys = ReplicatedFs::mount(&p, MountOptions::new(format!("{name}{round}")), None).unwrap();
+        let log = (replica == Replica::Tracked).then(|| {
+            // The tree's ctimes are older than the start of tracking (no margin in this test).
+            std::thread::sleep(Duration::from_millis(20));
+            let path = a._tmp.path().join("zones");
+            Arc::new(ZoneLog::open_with_margin(&path, 1 << 20, Duration::ZERO).unwrap())
+        });
+        fsys.set_zone_log(log.clone());
         let big = OpenOptions::new().read(true).write(true).open(p.join("big")).unwrap();
-        let w = start_writers(&p, 1000 + round as u64, big);
+        let w = start_writers(&p, 1000 + round as u64, big, replica != Replica::Tracked);
         std::thread::sleep(Duration::from_millis(before_ms));
         let sink = Arc::new(RecordingSink { received_delay: Duration::from_millis(40), ..Default::default() });
         fsys.attach_empty_secondary(sink.clone());
-        if stale {
+        if replica != Replica::Empty {
             // The replay below runs after the sync: the replica is still as the basis says.
             let entries = manifest::build(&a.replica).unwrap().entries;
-            fsys.set_basis(Basis { entries, reuse: true }).unwrap();
+            fsys.set_basis(Basis { entries, reuse: true, zones: log.clone() }).unwrap();
         }
         let start = Instant::now();
         let result = fsys.full_sync(&mut |_| {}).unwrap();
@@ -607,7 +632,10 @@ fn race(name: &str, stale: bool) {
         // The log holds every record, in order.
         let log = fs::read_to_string(p.join("logs/log")).unwrap();
         assert_eq!(log.lines().count() as u64, counts[1]);
-        if stale {
+        if replica == Replica::Tracked {
+            assert!(result.unread > 0, "the zone log spared reads: {result:?}");
+        }
+        if replica == Replica::Stale {
             assert!(result.removed >= 4, "the stale names were removed: {result:?}");
             // The writers hard-link and rewrite files meanwhile: fewer than the ~400 are kept.
             assert!(result.compared >= 100, "the kept files were compared: {result:?}");
@@ -620,7 +648,7 @@ fn full_sync_races_with_writers_and_loses_nothing() {
     if !fuse_available() {
         return;
     }
-    race("race", false);
+    race("race", Replica::Empty);
 }
 
 /// The same race over a replica that kept a stale copy: the catch-up removes, keeps and
@@ -630,7 +658,84 @@ fn catch_up_over_a_stale_copy_races_with_writers_and_ends_identical() {
     if !fuse_available() {
         return;
     }
-    race("catchup", true);
+    race("catchup", Replica::Stale);
+}
+
+/// The same race over a replica that was in sync when the zone log started: the catch-up reads
+/// only what the log recorded (and files it cannot vouch for), and ends identical.
+#[test]
+fn a_zone_catch_up_races_with_writers_and_ends_identical() {
+    if !fuse_available() {
+        return;
+    }
+    race("zones", Replica::Tracked);
+}
+
+/// A zone catch-up of a static tree: exactly the recorded zones are read and sent; files the
+/// log never saw change are not even opened.
+#[test]
+fn a_zone_catch_up_reads_only_the_recorded_zones() {
+    if !fuse_available() {
+        return;
+    }
+    let a = area();
+    let p = a.primary.clone();
+    let mut rng = Rng(5);
+    make_race_tree(&p, &mut rng);
+    fs::remove_dir(&a.replica).unwrap();
+    copy_tree(&p, &a.replica);
+    std::thread::sleep(Duration::from_millis(20));
+    let log = Arc::new(ZoneLog::open_with_margin(&a._tmp.path().join("zones"), 1 << 20, Duration::ZERO).unwrap());
+    let fsys = ReplicatedFs::mount(&p, MountOptions::new("zones-static"), None).unwrap();
+    fsys.set_zone_log(Some(log.clone()));
+    // ALONE: 3 zones of the image (one write across a zone boundary), one small file
+    // rewritten, one renamed, one new, one chmod.
+    let big = OpenOptions::new().write(true).open(p.join("big")).unwrap();
+    big.write_all_at(b"one", (5 << 20) + 10).unwrap();
+    big.write_all_at(b"across", (20 << 20) - 3).unwrap();
+    drop(big);
+    OpenOptions::new().write(true).open(p.join("d1/f1")).unwrap().write_all_at(b"changed", 3).unwrap();
+    fs::rename(p.join("d2/f2"), p.join("d2/renamed")).unwrap();
+    fs::write(p.join("d3/new"), rng.bytes(7000)).unwrap();
+    fs::set_permissions(p.join("d4/f4"), fs::Permissions::from_mode(0o600)).unwrap();
+    let sink = RecordingSink::new();
+    fsys.attach_empty_secondary(sink.clone());
+    let entries = manifest::build(&a.replica).unwrap().entries;
+    fsys.set_basis(Basis { entries, reuse: true, zones: Some(log.clone()) }).unwrap();
+    let result = fsys.full_sync(&mut |_| {}).unwrap();
+    drop(fsys);
+    println!("zone catch-up: {result:?}, log {log:?}");
+    replay(&sink.take(), &a.replica);
+    let options = DiffOptions { file_mtime: true, dir_mtime: false, allocated: false };
+    assert_identical(&p, &a.replica, &[], &options);
+    let small = |f: &str| fs::metadata(p.join(f)).unwrap().len();
+    // Sent: the 3 zones of the image, d1/f1's one zone (the whole small file), the renamed
+    // file (another file at that name on the replica) and the new one.
+    assert_eq!(result.bytes, (3 << 20) + small("d1/f1") + small("d2/renamed") + 7000, "{result:?}");
+    // Not read: the 61 other MiB of the image and every other small file.
+    let others: u64 = fs::read_dir(&p)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .flat_map(|d| walk_files(&d.path()))
+        .filter(|f| !["d1/f1", "d2/renamed", "d3/new", "d4/f4"].iter().any(|x| f.ends_with(x)))
+        .map(|f| fs::metadata(f).unwrap().len())
+        .sum();
+    assert_eq!(result.unread, (61 << 20) + others, "{result:?}");
+    // The chmod moved d4/f4's ctime without a record: compared whole, found identical.
+    assert_eq!(result.matched, small("d4/f4"), "{result:?}");
+}
+
+fn walk_files(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(d).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }
 
 /// A catch-up of a static tree sends exactly the blocks that differ, removes what the replica
@@ -667,7 +772,7 @@ fn catch_up_sends_only_the_differing_blocks() {
     let sink = RecordingSink::new();
     fsys.attach_empty_secondary(sink.clone());
     let entries = manifest::build(r).unwrap().entries;
-    fsys.set_basis(Basis { entries, reuse: true }).unwrap();
+    fsys.set_basis(Basis { entries, reuse: true, zones: None }).unwrap();
     let result = fsys.full_sync(&mut |_| {}).unwrap();
     drop(fsys);
     println!("static catch-up: {result:?}");
@@ -703,7 +808,7 @@ fn a_full_copy_over_a_kept_replica_replaces_everything() {
     let sink = RecordingSink::new();
     fsys.attach_empty_secondary(sink.clone());
     let entries = manifest::build(&a.replica).unwrap().entries;
-    fsys.set_basis(Basis { entries, reuse: false }).unwrap();
+    fsys.set_basis(Basis { entries, reuse: false, zones: None }).unwrap();
     let result = fsys.full_sync(&mut |_| {}).unwrap();
     drop(fsys);
     replay(&sink.take(), &a.replica);

@@ -83,6 +83,9 @@ pub struct Inner {
     pub(super) sync: Mutex<Option<SyncState>>,
     pub(super) sync_generation: AtomicU64,
     observer: RwLock<Option<Arc<dyn ChangeObserver>>>,
+    /// While no secondary is in sync: the durable log of the zones changed (zonelog.rs). Its
+    /// hooks run under the order lock, before the change reaches the file.
+    zone_log: RwLock<Option<Arc<crate::zonelog::ZoneLog>>>,
     exclusions: Exclusions,
     pub(super) completions: Completions,
     ttl: Duration,
@@ -94,6 +97,11 @@ fn fe(e: Errno) -> FuseErrno {
 
 pub(super) fn key_of(st: &libc::stat) -> Key {
     (st.st_dev, st.st_ino)
+}
+
+pub(super) fn ctime_of(st: &libc::stat) -> std::time::SystemTime {
+    let d = std::time::Duration::new(st.st_ctime.max(0) as u64, st.st_ctime_nsec.clamp(0, 999_999_999) as u32);
+    std::time::UNIX_EPOCH + d
 }
 
 pub(super) fn rel(p: &[u8]) -> RelPath {
@@ -241,6 +249,7 @@ impl Inner {
             sync: Mutex::new(None),
             sync_generation: AtomicU64::new(0),
             observer: RwLock::new(None),
+            zone_log: RwLock::new(None),
             exclusions,
             completions,
             ttl,
@@ -337,6 +346,38 @@ impl Inner {
         }
         let seq = sink.submit(op);
         Some((sink, seq))
+    }
+
+    pub fn set_zone_log(&self, log: Option<Arc<crate::zonelog::ZoneLog>>) {
+        let _g = self.order();
+        if let Ok(mut l) = self.zone_log.write() {
+            *l = log;
+        }
+    }
+
+    pub(super) fn zone_log(&self) -> Option<Arc<crate::zonelog::ZoneLog>> {
+        self.zone_log.read().ok().and_then(|l| l.clone())
+    }
+
+    /// Zone log hook: before a change that may make the recorded zones of the regular file at
+    /// `p` stand for other data (or, for a directory, before it moves).
+    fn log_identity_change(&self, p: &[u8]) {
+        let Some(log) = self.zone_log() else { return };
+        if let Ok(st) = self.stat_path(p) {
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => log.before_identity_change(key_of(&st)),
+                libc::S_IFDIR => log.before_dir_rename(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Zone log hook: before a write into the file open as `fd`.
+    fn log_write(&self, fd: &OwnedFd, offset: u64, len: u64) {
+        let Some(log) = self.zone_log() else { return };
+        if let Ok(st) = sys::fstat(fd.as_fd()) {
+            log.before_write(key_of(&st), offset, len, ctime_of(&st));
+        }
     }
 
     /// Replies once `pending` is acknowledged at `level` (at once if nothing was submitted). A
@@ -679,6 +720,16 @@ impl Inner {
             }
         }
         if let Some(size) = size {
+            if let Some(log) = self.zone_log() {
+                let st = match (&file, &path) {
+                    (Some(f), _) => sys::fstat(f.fd.as_fd()).ok(),
+                    (None, Some(p)) => self.stat_path(p).ok(),
+                    _ => None,
+                };
+                if let Some(st) = st {
+                    log.before_identity_change(key_of(&st));
+                }
+            }
             match (&cp, &file) {
                 (_, Some(f)) => sys::ftruncate(f.fd.as_fd(), size)?,
                 (Some(c), None) => {
@@ -786,6 +837,10 @@ impl Inner {
         let p = self.child_of(parent, name)?;
         let replicated = self.replicates(&p);
         let gone = if self.syncing() { self.stat_path(&p).ok().map(|st| key_of(&st)) } else { None };
+        if !dir {
+            // Its inode number may come back for another file.
+            self.log_identity_change(&p);
+        }
         sys::unlinkat(self.dirfd(), &cpath(&p)?, if dir { libc::AT_REMOVEDIR } else { 0 })?;
         self.inodes().remove_name(parent, name);
         match gone {
@@ -812,6 +867,9 @@ impl Inner {
         // rename itself cannot be replayed there).
         let to_before = if ef && !et && !exchange { self.stat_path(&to).ok() } else { None };
         let replaced = if self.syncing() && !exchange { self.stat_path(&to).ok().map(|st| key_of(&st)) } else { None };
+        // Both files change path (the replaced one may lose its last name).
+        self.log_identity_change(&from);
+        self.log_identity_change(&to);
         sys::renameat2(self.dirfd(), &cpath(&from)?, &cpath(&to)?, flags)?;
         self.inodes().rename(p1, n1, p2, n2, exchange);
         if let Some(k) = replaced {
@@ -860,6 +918,7 @@ impl Inner {
         let from = self.path_of(ino)?;
         let to = self.child_of(newparent, newname)?;
         let ct = cpath(&to)?;
+        self.log_identity_change(&from);
         sys::linkat(self.dirfd(), &cpath(&from)?, &ct)?;
         let st = sys::fstatat(self.dirfd(), &ct)?;
         let new_ino = self.inodes().lookup(newparent, newname, key_of(&st), st.st_mode);
@@ -895,6 +954,11 @@ impl Inner {
         // the writes through them (and O_TRUNC is itself a change).
         let _g = if writable || truncates { Some(self.order()) } else { None };
         let path = self.inodes().path(ino);
+        if truncates {
+            if let Some(p) = &path {
+                self.log_identity_change(p);
+            }
+        }
         let fd = match &path {
             Some(p) => sys::openat(self.dirfd(), &cpath(p)?, local_open_flags(flags), 0)?,
             None => {
@@ -947,6 +1011,9 @@ impl Inner {
         let mode = mode & !umask & 0o7777;
         let exclusive = flags & libc::O_EXCL != 0;
         let lflags = local_open_flags(flags);
+        if flags & libc::O_TRUNC != 0 && !exclusive {
+            self.log_identity_change(&p);
+        }
         // Find out whether we create the file or open an existing one (another opener may have
         // won a race): only a new file gets the caller's owner, and the op differs.
         let mut attempt = 0;
@@ -1016,6 +1083,7 @@ impl Inner {
     fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<(usize, Arc<OpenFile>, Pending)> {
         let file = self.file(fh)?;
         let _g = self.order();
+        self.log_write(&file.fd, offset, data.len() as u64);
         let n = sys::pwrite_full(file.fd.as_fd(), data, offset)?;
         file.wrote.store(true, Ordering::Relaxed);
         let mut last = None;
@@ -1082,6 +1150,11 @@ impl Inner {
     fn do_fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<Pending> {
         let file = self.file(fh)?;
         let _g = self.order();
+        if let Some(log) = self.zone_log() {
+            if let Ok(st) = sys::fstat(file.fd.as_fd()) {
+                log.before_identity_change(key_of(&st));
+            }
+        }
         sys::fallocate(file.fd.as_fd(), mode, offset, len)?;
         file.wrote.store(true, Ordering::Relaxed);
         let mut last = None;

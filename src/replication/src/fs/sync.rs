@@ -24,6 +24,7 @@ use super::sys::{self, cpath, Errno};
 use super::{Basis, FsError, OpSink, SyncProgress};
 use crate::manifest::{Entry, Hash, Kind};
 use crate::op::{AckLevel, Handle, Op, TimeSet};
+use crate::zonelog::Tracked;
 
 thread_local! {
     /// Set on the thread running a full sync: its ops are not the application's changes, so the
@@ -63,6 +64,8 @@ pub(super) struct SyncState {
     pub copying: HashMap<Handle, (Vec<u8>, Key)>,
     /// A catch-up: what the secondary kept, as it is now (None: its copy is empty).
     pub basis: Option<Model>,
+    /// A catch-up that may trust the zone log.
+    pub zones: Option<Arc<crate::zonelog::ZoneLog>>,
 }
 
 fn parent_of(p: &[u8]) -> &[u8] {
@@ -94,6 +97,7 @@ impl SyncState {
             links: HashMap::new(),
             copying: HashMap::new(),
             basis: None,
+            zones: None,
         }
     }
 
@@ -163,6 +167,18 @@ struct FileJob {
     fd: OwnedFd,
     /// The block hashes of the secondary's copy, which it kept: only differing blocks are sent.
     basis: Option<Vec<Hash>>,
+    /// With a zone log: only the blocks of these byte ranges may differ (the rest is not read).
+    ranges: Option<Vec<(u64, u64)>>,
+}
+
+/// How a catch-up treats a file the secondary kept.
+enum Plan {
+    /// Compare every block by hash.
+    Compare,
+    /// The zone log says these ranges changed: compare their blocks only.
+    Ranges(Vec<(u64, u64)>),
+    /// Unchanged since the secondary was in sync: not opened, not read.
+    Unchanged,
 }
 
 /// What one listing step sent.
@@ -171,6 +187,7 @@ struct Listed {
     files: u64,
     dirs: u64,
     removed: u64,
+    unread: u64,
     jobs: Vec<FileJob>,
 }
 
@@ -333,6 +350,7 @@ impl Inner {
             return Err(FsError::Stream("the catch-up's basis came after the walk started".into()));
         }
         s.basis = Some(Model::new(basis.entries, basis.reuse));
+        s.zones = basis.zones;
         Ok(())
     }
 
@@ -404,6 +422,7 @@ impl Inner {
             let Some(listed) = step else { break };
             flow.note(last, (listed.files + listed.dirs + listed.removed) * OBJECT_COST)?;
             totals.removed += listed.removed;
+            totals.unread += listed.unread;
             for _ in 0..listed.dirs {
                 totals.dirs += 1;
                 totals.elapsed = start.elapsed();
@@ -505,7 +524,14 @@ impl Inner {
                 }
                 libc::S_IFREG => {
                     out.files += 1;
-                    let head = self.send_file_head(&p, &st, old.as_ref(), last);
+                    let plan = old.as_ref().map(|e| self.plan(&st, e)).unwrap_or(Plan::Compare);
+                    if let (Plan::Unchanged, Some(e)) = (&plan, &old) {
+                        // Not opened, not read; its metadata may still differ (chmod, xattrs).
+                        self.emit_meta_over(&p, &st, e, last);
+                        out.unread += st.st_size.max(0) as u64;
+                        continue;
+                    }
+                    let head = self.send_file_head(&p, &st, old.as_ref(), plan, last);
                     if let Some(job) = head.map_err(|e| local_err(&p, "open", e))? {
                         out.jobs.push(job);
                     }
@@ -531,6 +557,28 @@ impl Inner {
             },
         );
         Ok(out)
+    }
+
+    /// What the zone log (if this catch-up may trust one) says of the local file `st`, whose
+    /// copy `old` the secondary kept. An unrecorded file counts as unchanged only if its size and
+    /// mtime are still those of the secondary's copy.
+    fn plan(&self, st: &libc::stat, old: &Entry) -> Plan {
+        let log = self.sync_state().as_ref().and_then(|s| s.zones.clone());
+        let Some(log) = log else { return Plan::Compare };
+        match log.lookup(key_of(st), super::handlers::ctime_of(st)) {
+            None | Some(Tracked::Whole) => Plan::Compare,
+            Some(Tracked::Ranges(r)) => Plan::Ranges(r),
+            Some(Tracked::Untouched) => {
+                let same = old.size == st.st_size.max(0) as u64
+                    && old.mtime.sec == st.st_mtime
+                    && old.mtime.nsec as i64 == st.st_mtime_nsec;
+                if same {
+                    Plan::Unchanged
+                } else {
+                    Plan::Compare
+                }
+            }
+        }
     }
 
     /// Under the order lock, in a catch-up: removes on the secondary the names of `dir` it may
@@ -615,6 +663,7 @@ impl Inner {
         p: &[u8],
         st: &libc::stat,
         old: Option<&Entry>,
+        plan: Plan,
         last: &mut Pending,
     ) -> Result<Option<FileJob>, Errno> {
         let key = key_of(st);
@@ -664,7 +713,11 @@ impl Inner {
             }
             s.copying.insert(fh, (p.to_vec(), key));
         }
-        Ok(Some(FileJob { fh, fd, basis: old.map(|e| e.blocks.clone()) }))
+        let ranges = match plan {
+            Plan::Ranges(r) => Some(r),
+            _ => None,
+        };
+        Ok(Some(FileJob { fh, fd, basis: old.map(|e| e.blocks.clone()), ranges }))
     }
 
     /// Sends the data of one file, one chunk (at most 1 MiB) per step under the order lock, then
@@ -684,7 +737,8 @@ impl Inner {
         match job.basis.take() {
             Some(blocks) => {
                 totals.compared += 1;
-                self.copy_differing(generation, &job, &blocks, buf, flow, totals, start, progress)?
+                let ranges = job.ranges.take();
+                self.copy_differing(generation, &job, &blocks, ranges.as_deref(), buf, flow, totals, start, progress)?
             }
             None => self.copy_all(generation, &job, buf, flow, totals, start, progress)?,
         }
@@ -745,6 +799,7 @@ impl Inner {
         generation: u64,
         job: &FileJob,
         basis: &[Hash],
+        ranges: Option<&[(u64, u64)]>,
         buf: &mut [u8],
         flow: &mut Flow,
         totals: &mut SyncProgress,
@@ -763,6 +818,13 @@ impl Inner {
                 break;
             }
             let len = (size - off).min(bs) as usize;
+            let recorded = |(start, n): &(u64, u64)| *start < off + len as u64 && off < start + n;
+            if ranges.is_some_and(|r| !r.iter().any(recorded)) {
+                // The zone log saw no change here since the secondary was in sync.
+                totals.unread += len as u64;
+                index += 1;
+                continue;
+            }
             let same = match basis.get(index) {
                 None => false,
                 Some(theirs) => {

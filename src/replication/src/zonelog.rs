@@ -1,0 +1,501 @@
+//! The zone log: which zones (fixed-size ranges) of which files changed while the primary had no
+//! in-sync secondary, kept durable so that a catch-up after a power loss of the primary is still
+//! incremental (DRBD's activity log, per file). A zone is recorded, and the record made durable,
+//! before the first write into it reaches the file; later writes into a recorded zone cost a
+//! lookup in memory. See docs/replication.md, "Zone tracking".
+//!
+//! On disk: a 4 KiB header (magic, version, zone size, the start of tracking, a check), then
+//! 32-byte records, each with its own check (the first 8 bytes of the blake3 of the other 24):
+//! `kind u8, 3 zero bytes, zone u32, dev u64, ino u64, check [u8; 8]`. The file grows by zeroed
+//! MiB, synced once, so that a record's `fdatasync` has no size to update. Loading stops at the
+//! first record that does not check (the one torn by a power loss, or the zeroed tail).
+//!
+//! Files are named by (st_dev, st_ino). Whatever could make a recorded inode stand for other data
+//! on the secondary (truncation, a rename or link of the file, its last unlink, inode reuse) marks
+//! it whole first; a file never recorded is trusted unchanged only if its ctime is older than the
+//! start of tracking minus a margin (writes in flight when tracking began, and changes made
+//! outside the layer, all move the ctime). A directory renamed at all makes every file suspect.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MAGIC: &[u8; 8] = b"TNDMZLOG";
+const VERSION: u32 = 1;
+const HEADER: u64 = 4096;
+const RECORD: u64 = 32;
+/// The file grows by this much at a time (zeroed and synced once).
+const GROWTH: u64 = 1 << 20;
+/// At most this many records (64 MiB of log); past it, tracking is lost (everything is compared).
+pub const MAX_RECORDS: u64 = 2_000_000;
+/// Changes up to this long before tracking started may be missing from the log (a write whose
+/// acknowledgement failed as the secondary left, the time the daemon took to start tracking):
+/// files whose ctime is that recent are compared whole.
+pub const MARGIN: Duration = Duration::from_secs(30);
+
+const ZONE: u8 = 1;
+const WHOLE: u8 = 2;
+const DIR_RENAMED: u8 = 3;
+const LOST: u8 = 4;
+
+/// What the log says of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tracked {
+    /// Not recorded: unchanged since tracking started, if its ctime is old enough.
+    Untouched,
+    /// Compare all of it.
+    Whole,
+    /// Only these byte ranges (zone-aligned, sorted, merged) changed.
+    Ranges(Vec<(u64, u64)>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZoneLogError {
+    #[error("zone log {path}: {what}: {source}")]
+    Io { path: PathBuf, what: &'static str, source: io::Error },
+    #[error("zone log {path}: zone size {size} is not a power of two between 4 KiB and 1 GiB")]
+    ZoneSize { path: PathBuf, size: u64 },
+}
+
+#[derive(Debug, Default)]
+enum FileState {
+    #[default]
+    Whole,
+    Zones(BTreeSet<u32>),
+}
+
+struct State {
+    file: File,
+    /// Records written; the next goes at HEADER + records * RECORD.
+    records: u64,
+    /// Bytes of the file (zeroed past the records).
+    capacity: u64,
+    files: HashMap<(u64, u64), FileState>,
+    dir_renamed: bool,
+    lost: bool,
+}
+
+pub struct ZoneLog {
+    path: PathBuf,
+    zone_shift: u32,
+    /// When tracking started (from the header).
+    started: SystemTime,
+    /// See [`MARGIN`].
+    margin: Duration,
+    state: Mutex<State>,
+}
+
+fn check(bytes: &[u8]) -> [u8; 8] {
+    let h = blake3::hash(bytes);
+    let mut c = [0u8; 8];
+    c.copy_from_slice(&h.as_bytes()[..8]);
+    c
+}
+
+fn record(kind: u8, zone: u32, key: (u64, u64)) -> [u8; 32] {
+    let mut r = [0u8; 32];
+    r[0] = kind;
+    r[4..8].copy_from_slice(&zone.to_le_bytes());
+    r[8..16].copy_from_slice(&key.0.to_le_bytes());
+    r[16..24].copy_from_slice(&key.1.to_le_bytes());
+    let c = check(&r[..24]);
+    r[24..].copy_from_slice(&c);
+    r
+}
+
+fn header(zone_shift: u32, started: SystemTime) -> [u8; 40] {
+    let since = started.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut h = [0u8; 40];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&zone_shift.to_le_bytes());
+    h[16..24].copy_from_slice(&since.as_secs().to_le_bytes());
+    h[24..28].copy_from_slice(&since.subsec_nanos().to_le_bytes());
+    let c = check(&h[..32]);
+    h[32..].copy_from_slice(&c);
+    h
+}
+
+/// The header's zone shift and start, if it checks.
+fn parse_header(h: &[u8; 40]) -> Option<(u32, SystemTime)> {
+    if &h[..8] != MAGIC || h[8..12] != VERSION.to_le_bytes() || h[32..] != check(&h[..32]) {
+        return None;
+    }
+    let shift = u32::from_le_bytes(h[12..16].try_into().unwrap());
+    let secs = u64::from_le_bytes(h[16..24].try_into().unwrap());
+    let nanos = u32::from_le_bytes(h[24..28].try_into().unwrap());
+    Some((shift, UNIX_EPOCH + Duration::new(secs, nanos)))
+}
+
+impl std::fmt::Debug for ZoneLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (records, files) = self.size();
+        f.debug_struct("ZoneLog").field("path", &self.path).field("records", &records).field("files", &files).finish()
+    }
+}
+
+impl ZoneLog {
+    /// Opens the log at `path` and goes on recording into it if it is there and sound (tracking
+    /// survived a restart); otherwise starts a new one, tracking from now. `zone_size` is used
+    /// for a new log; an existing one keeps its own.
+    pub fn open_or_start(path: &Path, zone_size: u64) -> Result<ZoneLog, ZoneLogError> {
+        ZoneLog::open_with_margin(path, zone_size, MARGIN)
+    }
+
+    /// As [`ZoneLog::open_or_start`], with another margin than [`MARGIN`] (tests).
+    pub fn open_with_margin(path: &Path, zone_size: u64, margin: Duration) -> Result<ZoneLog, ZoneLogError> {
+        let io = |what| move |source| ZoneLogError::Io { path: path.to_owned(), what, source };
+        if !(4096..=1 << 30).contains(&zone_size) || !zone_size.is_power_of_two() {
+            return Err(ZoneLogError::ZoneSize { path: path.to_owned(), size: zone_size });
+        }
+        if let Ok(file) = OpenOptions::new().read(true).write(true).open(path) {
+            let mut h = [0u8; 40];
+            if file.read_exact_at(&mut h, 0).is_ok() {
+                if let Some((shift, started)) = parse_header(&h) {
+                    return ZoneLog::load(path, file, shift, started, margin).map_err(io("reading"));
+                }
+            }
+            // Torn at creation (the header never became durable): nothing was recorded in it,
+            // and no write was let through before its header was durable; start again.
+        }
+        let started = SystemTime::now();
+        let shift = zone_size.trailing_zeros();
+        let tmp = path.with_extension("new");
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io("creating"))?;
+        file.write_all_at(&vec![0u8; (HEADER + GROWTH) as usize], 0).map_err(io("zeroing"))?;
+        file.write_all_at(&header(shift, started), 0).map_err(io("writing the header"))?;
+        file.sync_all().map_err(io("syncing"))?;
+        std::fs::rename(&tmp, path).map_err(io("renaming"))?;
+        if let Some(dir) = path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing its directory"))?;
+        }
+        Ok(ZoneLog {
+            path: path.to_owned(),
+            zone_shift: shift,
+            started,
+            margin,
+            state: Mutex::new(State {
+                file,
+                records: 0,
+                capacity: HEADER + GROWTH,
+                files: HashMap::new(),
+                dir_renamed: false,
+                lost: false,
+            }),
+        })
+    }
+
+    fn load(path: &Path, file: File, zone_shift: u32, started: SystemTime, margin: Duration) -> io::Result<ZoneLog> {
+        let capacity = file.metadata()?.len();
+        let mut st = State { file, records: 0, capacity, files: HashMap::new(), dir_renamed: false, lost: false };
+        let mut buf = vec![0u8; (GROWTH as usize).min(1 << 20)];
+        let mut off = HEADER;
+        let mut torn = false;
+        'read: while off < capacity {
+            let n = ((capacity - off) as usize).min(buf.len()) / RECORD as usize * RECORD as usize;
+            if n == 0 {
+                break;
+            }
+            st.file.read_exact_at(&mut buf[..n], off)?;
+            for r in buf[..n].chunks_exact(RECORD as usize) {
+                if r[24..] != check(&r[..24]) {
+                    torn = r.iter().any(|b| *b != 0);
+                    break 'read;
+                }
+                let zone = u32::from_le_bytes(r[4..8].try_into().unwrap());
+                let key = (
+                    u64::from_le_bytes(r[8..16].try_into().unwrap()),
+                    u64::from_le_bytes(r[16..24].try_into().unwrap()),
+                );
+                match r[0] {
+                    ZONE => match st.files.entry(key).or_insert_with(|| FileState::Zones(BTreeSet::new())) {
+                        FileState::Zones(z) => {
+                            z.insert(zone);
+                        }
+                        FileState::Whole => {}
+                    },
+                    WHOLE => {
+                        st.files.insert(key, FileState::Whole);
+                    }
+                    DIR_RENAMED => st.dir_renamed = true,
+                    LOST => st.lost = true,
+                    _ => {
+                        torn = true;
+                        break 'read;
+                    }
+                }
+                st.records += 1;
+            }
+            off += n as u64;
+        }
+        if torn {
+            // The record a power loss tore: zero it and what follows, so that the records
+            // appended from now on are never followed by older ones.
+            let at = HEADER + st.records * RECORD;
+            st.file.write_all_at(&vec![0u8; (capacity - at) as usize], at)?;
+            st.file.sync_data()?;
+        }
+        Ok(ZoneLog { path: path.to_owned(), zone_shift, started, margin, state: Mutex::new(st) })
+    }
+
+    /// Stops tracking: the log is removed (the secondary is in sync, or this node's data is being
+    /// replaced). Not an error if it is not there.
+    pub fn remove(path: &Path) -> io::Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn zone_size(&self) -> u64 {
+        1 << self.zone_shift
+    }
+
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the log can no longer be trusted (full, or a record could not be written).
+    pub fn lost(&self) -> bool {
+        self.lock().lost
+    }
+
+    /// Records written, and files named.
+    pub fn size(&self) -> (u64, usize) {
+        let st = self.lock();
+        (st.records, st.files.len())
+    }
+
+    /// Whether `ctime` is too recent to trust an unrecorded file (see [`MARGIN`]).
+    fn recent(&self, ctime: SystemTime) -> bool {
+        ctime + self.margin >= self.started
+    }
+
+    /// Appends `records` and makes them durable. On failure the log is lost (in memory at once,
+    /// and on disk if a LOST record can still be written): the caller lets the change proceed,
+    /// and the next catch-up compares everything.
+    fn append(&self, st: &mut State, records: &[[u8; 32]]) {
+        if st.lost {
+            return;
+        }
+        let r = (|| -> io::Result<()> {
+            if st.records + records.len() as u64 > MAX_RECORDS {
+                return Err(io::Error::other(format!("more than {MAX_RECORDS} records")));
+            }
+            let end = HEADER + (st.records + records.len() as u64) * RECORD;
+            if end > st.capacity {
+                // Zeros written, not a hole: a record's fdatasync then has no block to allocate.
+                let grow = (end - st.capacity).div_ceil(GROWTH) * GROWTH;
+                st.file.write_all_at(&vec![0u8; grow as usize], st.capacity)?;
+                st.file.sync_all()?;
+                st.capacity += grow;
+            }
+            let mut bytes = Vec::with_capacity(records.len() * RECORD as usize);
+            records.iter().for_each(|r| bytes.extend_from_slice(r));
+            st.file.write_all_at(&bytes, HEADER + st.records * RECORD)?;
+            st.file.sync_data()?;
+            st.records += records.len() as u64;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            tracing::error!(log = %self.path.display(), error = %e, "zone log lost: the next catch-up compares every file");
+            st.lost = true;
+            let at = HEADER + st.records * RECORD;
+            if at + RECORD <= st.capacity && st.file.write_all_at(&record(LOST, 0, (0, 0)), at).is_ok() {
+                let _ = st.file.sync_data();
+            }
+        }
+    }
+
+    /// Before a write of `len` bytes at `offset` into the file `key` (whose ctime is `ctime`
+    /// before the write): records the zones not recorded yet, durably. The first record of a
+    /// file whose ctime is recent marks it whole instead.
+    pub fn before_write(&self, key: (u64, u64), offset: u64, len: u64, ctime: SystemTime) {
+        if len == 0 {
+            return;
+        }
+        let mut st = self.lock();
+        if st.lost {
+            return;
+        }
+        let first = (offset >> self.zone_shift) as u32;
+        let last = ((offset + len - 1) >> self.zone_shift) as u32;
+        let new: Vec<[u8; 32]> = match st.files.get(&key) {
+            Some(FileState::Whole) => return,
+            Some(FileState::Zones(z)) => {
+                (first..=last).filter(|n| !z.contains(n)).map(|n| record(ZONE, n, key)).collect()
+            }
+            None if self.recent(ctime) => vec![record(WHOLE, 0, key)],
+            None => (first..=last).map(|n| record(ZONE, n, key)).collect(),
+        };
+        if new.is_empty() {
+            return;
+        }
+        self.append(&mut st, &new);
+        if st.lost {
+            return;
+        }
+        match new[0][0] {
+            WHOLE => {
+                st.files.insert(key, FileState::Whole);
+            }
+            _ => {
+                if let FileState::Zones(z) = st.files.entry(key).or_insert_with(|| FileState::Zones(BTreeSet::new())) {
+                    z.extend(first..=last);
+                }
+            }
+        }
+    }
+
+    /// Before a change that may make the recorded zones of `key` stand for other data
+    /// (truncation, fallocate, a rename or link of the file, its last unlink): a recorded file
+    /// becomes whole. A file not recorded needs nothing: the change moves its ctime.
+    pub fn before_identity_change(&self, key: (u64, u64)) {
+        let mut st = self.lock();
+        if matches!(st.files.get(&key), Some(FileState::Zones(_))) {
+            self.append(&mut st, &[record(WHOLE, 0, key)]);
+            if !st.lost {
+                st.files.insert(key, FileState::Whole);
+            }
+        }
+    }
+
+    /// Before a directory is renamed: files below it change path with an old ctime.
+    pub fn before_dir_rename(&self) {
+        let mut st = self.lock();
+        if !st.dir_renamed {
+            self.append(&mut st, &[record(DIR_RENAMED, 0, (0, 0))]);
+            st.dir_renamed = true;
+        }
+    }
+
+    /// What changed in the file `key`, whose ctime is `ctime` now. `None`: the log cannot tell
+    /// (lost, or a directory was renamed): compare everything.
+    pub fn lookup(&self, key: (u64, u64), ctime: SystemTime) -> Option<Tracked> {
+        let st = self.lock();
+        if st.lost || st.dir_renamed {
+            return None;
+        }
+        Some(match st.files.get(&key) {
+            None if self.recent(ctime) => Tracked::Whole,
+            None => Tracked::Untouched,
+            Some(FileState::Whole) => Tracked::Whole,
+            Some(FileState::Zones(z)) => {
+                let size = 1u64 << self.zone_shift;
+                let mut ranges: Vec<(u64, u64)> = Vec::new();
+                for n in z {
+                    let start = (*n as u64) << self.zone_shift;
+                    match ranges.last_mut() {
+                        Some(r) if r.0 + r.1 == start => r.1 += size,
+                        _ => ranges.push((start, size)),
+                    }
+                }
+                Tracked::Ranges(ranges)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn old() -> SystemTime {
+        SystemTime::now() - Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn zones_are_recorded_once_and_merged_into_ranges() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("zones");
+        let log = ZoneLog::open_or_start(&path, 1 << 20).unwrap();
+        log.before_write((1, 10), 100, 10, old());
+        log.before_write((1, 10), 200, 10, old());
+        log.before_write((1, 10), (1 << 20) - 5, 10, old()); // zones 0 and 1
+        log.before_write((1, 10), 5 << 20, 1, old());
+        assert_eq!(log.size(), (3, 1), "zone 0 once, then 1, then 5");
+        assert_eq!(log.lookup((1, 10), old()), Some(Tracked::Ranges(vec![(0, 2 << 20), (5 << 20, 1 << 20)])));
+        assert_eq!(log.lookup((1, 11), old()), Some(Tracked::Untouched));
+        assert_eq!(log.lookup((1, 11), SystemTime::now()), Some(Tracked::Whole), "a recent ctime is not trusted");
+        // A file first written with a recent ctime is whole: it may have changed unrecorded.
+        log.before_write((1, 12), 0, 10, SystemTime::now());
+        assert_eq!(log.lookup((1, 12), SystemTime::now()), Some(Tracked::Whole));
+        log.before_identity_change((1, 10));
+        assert_eq!(log.lookup((1, 10), old()), Some(Tracked::Whole));
+        log.before_identity_change((1, 13)); // not recorded: nothing to do
+        assert_eq!(log.size(), (5, 2));
+        log.before_dir_rename();
+        log.before_dir_rename();
+        assert_eq!(log.lookup((1, 11), old()), None, "after a directory rename, everything is compared");
+        assert_eq!(log.size().0, 6);
+    }
+
+    #[test]
+    fn the_log_survives_a_restart_and_stops_at_a_torn_record() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("zones");
+        let log = ZoneLog::open_or_start(&path, 64 << 10).unwrap();
+        let started = log.started();
+        log.before_write((2, 20), 0, 1, old());
+        log.before_write((2, 20), 3 << 16, 1, old());
+        log.before_write((2, 21), 0, 1, old());
+        drop(log);
+        let log = ZoneLog::open_or_start(&path, 1 << 20).unwrap();
+        assert_eq!((log.zone_size(), log.started(), log.size()), (64 << 10, started, (3, 2)), "its own zone size");
+        assert_eq!(log.lookup((2, 20), old()), Some(Tracked::Ranges(vec![(0, 64 << 10), (3 << 16, 64 << 10)])));
+        drop(log);
+        // Tear the second record: loading keeps the first only.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff], HEADER + RECORD + 3).unwrap();
+        drop(f);
+        let log = ZoneLog::open_or_start(&path, 1 << 20).unwrap();
+        assert_eq!(log.size(), (1, 1));
+        assert_eq!(log.lookup((2, 20), old()), Some(Tracked::Ranges(vec![(0, 64 << 10)])));
+        // Recording goes on after the last good record.
+        log.before_write((2, 22), 0, 1, old());
+        drop(log);
+        let log = ZoneLog::open_or_start(&path, 1 << 20).unwrap();
+        assert_eq!(log.size(), (2, 2));
+        drop(log);
+        ZoneLog::remove(&path).unwrap();
+        ZoneLog::remove(&path).unwrap();
+        let log = ZoneLog::open_or_start(&path, 1 << 20).unwrap();
+        assert_eq!(log.size(), (0, 0), "a new log after removal");
+        assert!(log.started() > started);
+    }
+
+    #[test]
+    fn the_log_grows_by_zeroed_mib_and_bad_sizes_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("zones");
+        for bad in [0, 1000, 3 << 20, 2 << 30] {
+            assert!(matches!(ZoneLog::open_or_start(&path, bad), Err(ZoneLogError::ZoneSize { .. })), "{bad}");
+        }
+        let log = ZoneLog::open_or_start(&path, 4096).unwrap();
+        // 40,000 records in one write: more than the first MiB holds.
+        log.before_write((3, 30), 0, 40_000 * 4096, old());
+        assert_eq!(log.size(), (40_000, 1));
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(len, HEADER + 2 * GROWTH);
+        drop(log);
+        assert_eq!(ZoneLog::open_or_start(&path, 4096).unwrap().size(), (40_000, 1));
+    }
+}
