@@ -252,7 +252,7 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
         let name = cfg.name.clone();
         let id = cfg.id;
         let pulse = cfg.heartbeat.pulse;
-        let replica = replica_spec(&cluster, &cfg, &node, &key).map(|spec| Replica::new(spec, tx.clone()));
+        let replica = replica_spec(&cluster, &cfg, &node, &key, &dir).map(|spec| Replica::new(spec, tx.clone()));
         if let Some(r) = &replica {
             for note in r.clean_leftovers() {
                 log.append("WARN", &note);
@@ -324,7 +324,13 @@ pub async fn run_daemon<V: VipOps>(opts: DaemonOptions, vips: Arc<V>) -> Result<
 }
 
 /// The replicated directories of a mirror module on this node, if it has any.
-fn replica_spec(cluster: &ClusterConfig, cfg: &ModuleConfig, node: &str, key: &[u8]) -> Option<ReplicaSpec> {
+fn replica_spec(
+    cluster: &ClusterConfig,
+    cfg: &ModuleConfig,
+    node: &str,
+    key: &[u8],
+    state_dir: &std::path::Path,
+) -> Option<ReplicaSpec> {
     let rep = cfg.replication.as_ref().filter(|r| !r.dirs.is_empty())?;
     let peer = cfg.nodes.iter().find(|n| n.name != node)?;
     let net = &cluster.replication_network().name;
@@ -347,6 +353,9 @@ fn replica_spec(cluster: &ClusterConfig, cfg: &ModuleConfig, node: &str, key: &[
         // until the verdict a primary that lost its peer holds the writes (docs/algorithm.md).
         timeout: replication_timeout(cfg),
         staging: PathBuf::from("/run/tandem/replica").join(&cfg.name),
+        zone_log: state_dir.join("zones.log"),
+        // One log for the module's directories: the smallest of their zone sizes.
+        zone_size: rep.dirs.iter().map(|d| d.zone_size_bytes).min().unwrap_or(1 << 20),
     })
 }
 

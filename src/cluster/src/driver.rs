@@ -298,6 +298,9 @@ impl<V: VipOps> Driver<V> {
             }
             ReplEvent::Synced { join_seq } => {
                 self.progress = None;
+                if let Some(r) = self.replica.as_mut() {
+                    r.synced(join_seq);
+                }
                 self.log.append("INFO", &format!("the secondary's copy is complete (join {join_seq})"));
                 self.body_tx.send_modify(|b| b.synced_join = Some(join_seq));
             }
@@ -516,10 +519,12 @@ impl<V: VipOps> Driver<V> {
                     });
                     if let (Some(r), Some(join)) = (self.replica.as_mut(), join) {
                         self.body_tx.send_modify(|b| b.synced_join = None);
-                        // Zones and block hashes are one catch-up for now: by block hashes.
+                        // The zone log counts only for a peer that left cleanly from this
+                        // history; otherwise (a crash, a divergence) every file is compared.
                         let full = matches!(mode, ResyncMode::Full);
+                        let zones = matches!(mode, ResyncMode::Zones { peer_dirty: false, .. });
                         self.log.append("INFO", &format!("catch-up of the secondary ({mode})"));
-                        r.peer_joined(join, full);
+                        r.peer_joined(join, full, zones);
                     }
                 }
                 Action::StopReplication => {

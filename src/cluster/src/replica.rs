@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tandem_replication::fs::{clean_stale_mounts, MountOptions, OpSink, ReplicatedFs};
 use tandem_replication::op::{dir_prefix, AckLevel, Op};
 use tandem_replication::stream::{Expect, Receiver, Sender, Stopper};
+use tandem_replication::zonelog::ZoneLog;
 use tokio::sync::mpsc;
 
 /// What the replication threads tell the driver.
@@ -62,6 +63,9 @@ pub struct ReplicaSpec {
     pub timeout: Duration,
     /// Where the secondary keeps a private writable view of the directories (`staging/<index>`).
     pub staging: PathBuf,
+    /// The zone log, kept while this node is primary without an in-sync secondary.
+    pub zone_log: PathBuf,
+    pub zone_size: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -168,11 +172,15 @@ pub struct Replica {
     /// The stream of the current join, once connected (the copy thread fills it).
     sender_slot: Option<Arc<Mutex<Option<Arc<Sender>>>>>,
     secondary: Option<SecondarySide>,
+    /// The zone log, while tracking (primary, no in-sync secondary).
+    zones: Option<Arc<ZoneLog>>,
+    /// The join whose stream is up (or being set up).
+    join: Option<u64>,
 }
 
 impl Replica {
     pub fn new(spec: ReplicaSpec, tx: mpsc::Sender<Msg>) -> Replica {
-        Replica { spec, tx, fs: Vec::new(), sender_slot: None, secondary: None }
+        Replica { spec, tx, fs: Vec::new(), sender_slot: None, secondary: None, zones: None, join: None }
     }
 
     /// At daemon start: a FUSE mount or a read-only protection left by a crashed daemon.
@@ -193,6 +201,10 @@ impl Replica {
     /// Becoming primary: mount the FUSE layer over each directory (before the application
     /// starts). All or none: a directory that cannot be mounted unmounts the others.
     pub fn take(&mut self) -> Result<(), String> {
+        // A Ready secondary's copy was in sync until now: changes are tracked from here. A node
+        // that starts as primary cold cannot vouch for what changed while it was down, unless
+        // it was tracking already (the log survives restarts).
+        let was_secondary = self.secondary.is_some();
         self.leave_second();
         if !self.fs.is_empty() {
             return Ok(());
@@ -212,7 +224,64 @@ impl Replica {
                 }
             }
         }
+        self.start_tracking(!was_secondary);
         Ok(())
+    }
+
+    /// Records changes in the zone log from now on (before the application may write), going on
+    /// with the one on disk if there is one. `cold`: a new log cannot vouch for earlier changes
+    /// and is marked lost at once (the next catch-up compares everything).
+    fn start_tracking(&mut self, cold: bool) {
+        if self.zones.is_none() {
+            let existed = self.spec.zone_log.exists();
+            let opened = self
+                .spec
+                .zone_log
+                .parent()
+                .map(std::fs::create_dir_all)
+                .unwrap_or(Ok(()))
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    // Files whose ctime is this recent when tracking starts are compared whole: a
+                    // write may have failed its acknowledgement (up to the timeout) and the
+                    // daemon took a moment to start the log.
+                    let margin = self.spec.timeout + Duration::from_secs(5);
+                    ZoneLog::open_with_margin(&self.spec.zone_log, self.spec.zone_size, margin)
+                        .map_err(|e| e.to_string())
+                });
+            match opened {
+                Ok(log) => {
+                    if cold && !existed {
+                        log.mark_lost();
+                    }
+                    self.zones = Some(Arc::new(log));
+                }
+                Err(e) => {
+                    let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!(
+                        "zone log unavailable ({e}): the next catch-up compares every file"
+                    ))));
+                    return;
+                }
+            }
+        }
+        for fs in &self.fs {
+            fs.set_zone_log(self.zones.clone());
+        }
+    }
+
+    /// The secondary's copy of join `join_seq` is complete and replicated synchronously: nothing
+    /// to track (unless that stream already ended).
+    pub fn synced(&mut self, join_seq: u64) {
+        if self.join != Some(join_seq) {
+            return;
+        }
+        for fs in &self.fs {
+            fs.set_zone_log(None);
+        }
+        self.zones = None;
+        if let Err(e) = ZoneLog::remove(&self.spec.zone_log) {
+            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!("removing the zone log: {e}"))));
+        }
     }
 
     /// Leaving primary (after the application stopped): fence, close the stream, unmount.
@@ -227,7 +296,8 @@ impl Replica {
                 notes.push(format!("could not abort the FUSE connection of {}", fs.mountpoint().display()));
             }
         }
-        self.stop_sender();
+        self.stop_sender_only();
+        self.zones = None;
         for fs in self.fs.drain(..) {
             let dir = fs.mountpoint().to_owned();
             match Arc::try_unwrap(fs) {
@@ -248,8 +318,10 @@ impl Replica {
     /// the start of the stream, is the basis of a catch-up that removes what it alone holds and
     /// sends only the blocks that differ. `full` (`second --fullsync`, or a secondary that never
     /// held this data): everything it holds is removed and all is sent.
-    pub fn peer_joined(&mut self, join_seq: u64, full: bool) {
+    pub fn peer_joined(&mut self, join_seq: u64, full: bool, trust_zones: bool) {
         self.stop_sender();
+        self.join = Some(join_seq);
+        let zones = if trust_zones && !full { self.zones.clone() } else { None };
         if self.fs.is_empty() {
             let reason = "not primary: nothing to replicate".to_string();
             let _ = self.tx.try_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false }));
@@ -309,7 +381,8 @@ impl Replica {
                 let mut bases = split_manifest(manifest, fss.len());
                 for (i, fs) in fss.iter().enumerate() {
                     let entries = std::mem::take(&mut bases[i]);
-                    if let Err(e) = fs.set_basis(tandem_replication::fs::Basis { entries, reuse: !full }) {
+                    let basis = tandem_replication::fs::Basis { entries, reuse: !full, zones: zones.clone() };
+                    if let Err(e) = fs.set_basis(basis) {
                         return report(format!("{what} of {}: {e}", fs.mountpoint().display()));
                     }
                 }
@@ -335,6 +408,7 @@ impl Replica {
                             sum.matched += t.matched;
                             sum.compared += t.compared;
                             sum.removed += t.removed;
+                            sum.unread += t.unread;
                         }
                         Err(e) => return report(format!("{what} of {} failed: {e}", fs.mountpoint().display())),
                     }
@@ -348,15 +422,24 @@ impl Replica {
                     return report(format!("{what} not acknowledged: {e}"));
                 }
                 sum.elapsed = started.elapsed();
-                let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(done_line(&sum, full))));
+                let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(done_line(&sum, full, zones.is_some()))));
                 let _ = tx.blocking_send(Msg::Repl(ReplEvent::Synced { join_seq }));
             })
             .expect("spawn replication thread");
         self.sender_slot = Some(slot);
     }
 
-    /// The secondary left (or was lost): stop replicating; the FUSE layer keeps working locally.
+    /// The secondary left (or was lost): stop replicating and track changes for its catch-up;
+    /// the FUSE layer keeps working locally.
     pub fn stop_sender(&mut self) {
+        self.stop_sender_only();
+        if !self.fs.is_empty() {
+            self.start_tracking(false);
+        }
+    }
+
+    fn stop_sender_only(&mut self) {
+        self.join = None;
         for fs in &self.fs {
             fs.set_sink(None);
         }
@@ -372,6 +455,10 @@ impl Replica {
     pub fn become_second(&mut self, join_seq: u64) -> Result<(), String> {
         self.release();
         self.leave_second();
+        // This copy is about to be brought in line with the primary's: nothing to track.
+        if let Err(e) = ZoneLog::remove(&self.spec.zone_log) {
+            return Err(format!("removing the zone log {}: {e}", self.spec.zone_log.display()));
+        }
         if let Err(e) = self.prepare_second() {
             self.unprotect_all();
             return Err(e);
@@ -521,7 +608,7 @@ impl Drop for Replica {
 /// about 1 s left" (checked: compared by hash or sent).
 pub fn progress_line(p: &tandem_replication::fs::SyncProgress, full: bool) -> String {
     let secs = p.elapsed.as_secs_f64().max(0.001);
-    let done = p.bytes + p.matched;
+    let done = p.bytes + p.matched + p.unread;
     let rate = done as f64 / secs;
     let total = p.total_bytes_estimate.max(done);
     let pct = (done * 100).checked_div(total).unwrap_or(100);
@@ -543,7 +630,7 @@ pub fn progress_line(p: &tandem_replication::fs::SyncProgress, full: bool) -> St
 
 /// The module log's line at the end of a full copy or catch-up. The catch-up's byte counts are
 /// exact (tests and benchmarks read them).
-pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool) -> String {
+pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool, zones: bool) -> String {
     let secs = p.elapsed.as_secs_f64().max(0.001);
     if full {
         return format!(
@@ -555,10 +642,11 @@ pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool) -> String
             (p.bytes as f64 / 1048576.0) / secs
         );
     }
+    let how = if zones { "zones and block hashes" } else { "block hashes" };
     format!(
-        "catch-up done (block hashes): {} files, {} directories, {} files compared, {} bytes identical, \
-         {} bytes sent, {} stale names removed, in {secs:.2} s",
-        p.files, p.dirs, p.compared, p.matched, p.bytes, p.removed
+        "catch-up done ({how}): {} files, {} directories, {} files compared, {} bytes identical, \
+         {} bytes sent, {} bytes not read (zone log), {} stale names removed, in {secs:.2} s",
+        p.files, p.dirs, p.compared, p.matched, p.bytes, p.unread, p.removed
     )
 }
 
@@ -640,11 +728,11 @@ mod tests {
             progress_line(&c, false),
             "catch-up: 120 files, 40 of about 80 MiB checked (50 %), 2 MiB sent, 20 MiB/s, about 2 s left"
         );
-        let c = SyncProgress { removed: 3, ..c };
+        let c = SyncProgress { removed: 3, unread: 5, ..c };
         assert_eq!(
-            done_line(&c, false),
-            "catch-up done (block hashes): 120 files, 4 directories, 100 files compared, 39845888 bytes \
-             identical, 2097152 bytes sent, 3 stale names removed, in 2.00 s"
+            done_line(&c, false, true),
+            "catch-up done (zones and block hashes): 120 files, 4 directories, 100 files compared, 39845888 \
+             bytes identical, 2097152 bytes sent, 5 bytes not read (zone log), 3 stale names removed, in 2.00 s"
         );
     }
 

@@ -34,7 +34,8 @@ const GROWTH: u64 = 1 << 20;
 pub const MAX_RECORDS: u64 = 2_000_000;
 /// Changes up to this long before tracking started may be missing from the log (a write whose
 /// acknowledgement failed as the secondary left, the time the daemon took to start tracking):
-/// files whose ctime is that recent are compared whole.
+/// files whose ctime is that recent are compared whole. The daemon uses its replication timeout
+/// plus 5 s; this is the default.
 pub const MARGIN: Duration = Duration::from_secs(30);
 
 const ZONE: u8 = 1;
@@ -271,6 +272,14 @@ impl ZoneLog {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on the log vouches for nothing (durably): e.g. it starts after a time when
+    /// changes went unrecorded.
+    pub fn mark_lost(&self) {
+        let mut st = self.lock();
+        self.append(&mut st, &[record(LOST, 0, (0, 0))]);
+        st.lost = true;
     }
 
     /// Whether the log can no longer be trusted (full, or a record could not be written).
