@@ -83,6 +83,13 @@ wal_sync_method = fdatasync
 # After a failover, crash recovery replays the WAL written since the last checkpoint.
 checkpoint_timeout = 5min
 max_wal_size = 1GB
+# WAL segments as for a copy-on-write file system. A recycled segment is an old one renamed to a
+# future name: the catch-up of a returning node compares files by name, so it would send it whole
+# (16 MiB), and a full copy sends the old WAL kept for reuse. A zero-filled new segment is 16 MiB
+# of zeros replicated to the peer, and sent whole by a catch-up; without it only the final byte is
+# written (the space is allocated as the segment fills). Old segments are removed instead.
+wal_recycle = off
+wal_init_zero = off
 # The server log goes to stderr, which pg_ctl sends to PGLOG (one per node).
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '

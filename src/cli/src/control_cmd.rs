@@ -130,6 +130,64 @@ pub fn verify(target: Target) -> anyhow::Result<u8> {
     })
 }
 
+/// `tandem diff`: the estimate of a catch-up now (exit 0), 10 when it cannot be made.
+pub fn diff(target: Target) -> anyhow::Result<u8> {
+    let req = Request::Diff { module: target.module.clone() };
+    Ok(match ask(&target.socket, &req, ADMIN_TIMEOUT) {
+        Err(code) => code,
+        Ok(Response::Diff(r)) => {
+            print!("{}", diff_text(&target.module, &r));
+            0
+        }
+        Ok(other) => failed(other),
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
+
+fn diff_text(module: &str, r: &tandem_cluster::control::DiffReport) -> String {
+    let z = &r.zones;
+    let mut out = String::new();
+    if r.in_sync {
+        out.push_str(&format!("{module}: the secondary is in sync: a catch-up now would send nothing\n"));
+        return out;
+    }
+    let time = |bytes: u64| match r.rate {
+        Some(rate) if rate > 0.0 => {
+            format!("about {:.1} s at the last catch-up's rate ({:.0} MiB/s)", bytes as f64 / rate, rate / 1048576.0)
+        }
+        _ => "no catch-up measured yet to estimate the time".to_string(),
+    };
+    match r.tracking_since {
+        Some(since) => {
+            out.push_str(&format!(
+                "{module}: changes tracked since {since} (seconds since the epoch). If the secondary left cleanly, \
+                 a catch-up compares {} by block hash, at most that much sent (plus what it lacks entirely), \
+                 and does not read {} (the zone log vouches for it); {}\n",
+                mib(z.compare),
+                mib(z.unread),
+                time(z.compare)
+            ));
+            out.push_str(&format!(
+                "{module}: after a crash of the secondary or a divergence, every file is compared: {} in {} files; {}\n",
+                mib(z.bytes),
+                z.files,
+                time(z.bytes)
+            ));
+        }
+        None => out.push_str(&format!(
+            "{module}: no zone log to trust: a catch-up compares every file by block hash: {} in {} files, \
+             at most that much sent; {}\n",
+            mib(z.bytes),
+            z.files,
+            time(z.bytes)
+        )),
+    }
+    out
+}
+
 pub fn second(args: SecondArgs) -> anyhow::Result<u8> {
     admin(args.target, Admin::Second { fullsync: args.fullsync })
 }

@@ -46,6 +46,9 @@ enum Command {
     Failover(control_cmd::FailoverArgs),
     /// Compare both copies of a module's replicated directory by blake3 (on the primary).
     Verify(Target),
+    /// Estimate what a catch-up of the secondary would read and send, and how long it would take
+    /// (on the primary; nothing is read).
+    Diff(Target),
     /// Show a module's event log.
     Log(control_cmd::LogArgs),
     /// Create a cluster: cluster.toml and a new key.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Failover(args) => control_cmd::failover(args),
         Command::Log(args) => control_cmd::log(args),
         Command::Verify(t) => control_cmd::verify(t),
+        Command::Diff(t) => control_cmd::diff(t),
         Command::Cluster(args) => daemon_cmd::run_cluster(args),
         Command::Config(args) => config_cmd::run(args),
         Command::Lab(args) => lab_cmd::run(args),

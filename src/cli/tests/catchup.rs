@@ -64,6 +64,16 @@ fn a_returning_secondary_receives_only_what_differs() {
         "cd /srv/web && for z in 3 17 60; do printf changed | dd of=image bs=1 seek=$((z*1048576+100)) conv=notrunc status=none; done \
          && for i in 1 2 3 4 5; do head -c 10000 /dev/urandom > files/new$i; done && rm files/f7 && sync",
     );
+    // `tandem diff` predicts it from the metadata and the zone log (nothing read).
+    let out = c.admin("n1", &["diff"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("compares 3.0 MiB") && text.contains("does not read 61.9 MiB"), "{text}");
+    let out = c.admin("n2", &["diff"]);
+    assert_eq!(out.status.code(), Some(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not primary"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c.tandem("n1", &["diff", "-m", "nosuchmodule"]);
+    assert_eq!(out.status.code(), Some(10));
     assert!(c.admin("n2", &["start"]).status.success());
     c.wait_state("n2", 4, Duration::from_secs(90));
     c.wait_state("n1", 3, Duration::from_secs(10));
@@ -141,4 +151,6 @@ while True:
     println!("after swap: {line}");
     assert_eq!(sent, 0, "a swap sends no data: {line}");
     assert_verify_identical(&c, "n1");
+    let out = c.admin("n1", &["diff"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("in sync"), "{}", String::from_utf8_lossy(&out.stdout));
 }

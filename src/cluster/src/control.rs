@@ -32,9 +32,13 @@ pub enum Request {
     Verify {
         module: String,
     },
+    /// Estimate what a catch-up of the secondary would read and send (run on the primary).
+    Diff {
+        module: String,
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
     State {
@@ -64,6 +68,21 @@ pub enum Response {
         bytes: u64,
         differences: Vec<String>,
     },
+    /// `Diff`: the estimate of a catch-up now.
+    Diff(DiffReport),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiffReport {
+    /// The secondary is connected and in sync: a catch-up would send nothing.
+    pub in_sync: bool,
+    /// Changes are tracked in the zone log since this time (seconds since the epoch), and the
+    /// log can be trusted for a secondary that left cleanly.
+    pub tracking_since: Option<u64>,
+    /// With the zone log (a clean departure): files, bytes, bytes compared, bytes not read.
+    pub zones: tandem_replication::fs::CatchUpEstimate,
+    /// The rate of the last catch-up (bytes checked per second), if there was one.
+    pub rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

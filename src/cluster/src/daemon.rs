@@ -467,6 +467,16 @@ async fn answer(req: Request, modules: &[Loaded]) -> Response {
             }
             Err(r) => r,
         },
+        Request::Diff { module } => match find(modules, &module) {
+            Ok(m) => {
+                let (reply, rx) = oneshot::channel();
+                if m.tx.send(Msg::Diff { reply }).await.is_err() {
+                    return Response::Error { message: format!("module {module} is shutting down") };
+                }
+                rx.await.unwrap_or(Response::Error { message: format!("module {module} is shutting down") })
+            }
+            Err(r) => r,
+        },
         Request::Log { module, since, tail } => match find(modules, &module) {
             Ok(m) => match m.log.read(since, tail.min(10_000)) {
                 Ok((lines, next)) => Response::Log { lines, next },

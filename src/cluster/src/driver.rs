@@ -44,6 +44,9 @@ pub enum Msg {
     Verify {
         reply: oneshot::Sender<Response>,
     },
+    Diff {
+        reply: oneshot::Sender<Response>,
+    },
     /// A verdict of the splitbrain checker (every probe round, not only changes).
     Witness {
         reachable: bool,
@@ -193,6 +196,7 @@ impl<V: VipOps> Driver<V> {
                     Some(Msg::Packet { data, network }) => self.packet(&data, network),
                     Some(Msg::Repl(ev)) => self.repl_event(ev),
                     Some(Msg::Verify { reply }) => self.verify(reply),
+                    Some(Msg::Diff { reply }) => self.diff(reply),
                     Some(Msg::Witness { reachable }) => {
                         if self.witness != Some(reachable) {
                             let what = if reachable { "reachable" } else { "NOT reachable" };
@@ -283,6 +287,31 @@ impl<V: VipOps> Driver<V> {
             };
             let _ = reply.send(r);
         });
+    }
+
+    /// `tandem diff`: walks the metadata on a blocking thread; nothing is read or sent.
+    fn diff(&mut self, reply: oneshot::Sender<Response>) {
+        let name = self.cfg.name.clone();
+        let job = match (&self.replica, &self.machine) {
+            (Some(r), Machine::Mirror(m)) if m.status().state.is_serving() => Ok((
+                r.estimator(),
+                m.status().state == State::Prim && m.status().readiness == tandem_machine::Readiness::Ready,
+            )),
+            (Some(_), _) => Err(format!("this node is not primary: run `tandem diff` on the primary of {name}")),
+            (None, _) => Err(format!("module {name} replicates no directory")),
+        };
+        match job {
+            Err(message) => {
+                let _ = reply.send(Response::Error { message });
+            }
+            Ok((job, in_sync)) => {
+                tokio::task::spawn_blocking(move || {
+                    let (tracking_since, zones, rate) = job();
+                    let _ =
+                        reply.send(Response::Diff(crate::control::DiffReport { in_sync, tracking_since, zones, rate }));
+                });
+            }
+        }
     }
 
     fn repl_event(&mut self, ev: ReplEvent) {

@@ -176,11 +176,22 @@ pub struct Replica {
     zones: Option<Arc<ZoneLog>>,
     /// The join whose stream is up (or being set up).
     join: Option<u64>,
+    /// Bytes checked per second by the last catch-up (for `tandem diff`).
+    last_rate: Arc<Mutex<Option<f64>>>,
 }
 
 impl Replica {
     pub fn new(spec: ReplicaSpec, tx: mpsc::Sender<Msg>) -> Replica {
-        Replica { spec, tx, fs: Vec::new(), sender_slot: None, secondary: None, zones: None, join: None }
+        Replica {
+            spec,
+            tx,
+            fs: Vec::new(),
+            sender_slot: None,
+            secondary: None,
+            zones: None,
+            join: None,
+            last_rate: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// At daemon start: a FUSE mount or a read-only protection left by a crashed daemon.
@@ -322,6 +333,7 @@ impl Replica {
         self.stop_sender();
         self.join = Some(join_seq);
         let zones = if trust_zones && !full { self.zones.clone() } else { None };
+        let last_rate = self.last_rate.clone();
         if self.fs.is_empty() {
             let reason = "not primary: nothing to replicate".to_string();
             let _ = self.tx.try_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false }));
@@ -422,6 +434,10 @@ impl Replica {
                     return report(format!("{what} not acknowledged: {e}"));
                 }
                 sum.elapsed = started.elapsed();
+                let checked = (sum.bytes + sum.matched) as f64;
+                if checked > 0.0 {
+                    *last_rate.lock().unwrap() = Some(checked / sum.elapsed.as_secs_f64().max(0.001));
+                }
                 let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(done_line(&sum, full, zones.is_some()))));
                 let _ = tx.blocking_send(Msg::Repl(ReplEvent::Synced { join_seq }));
             })
@@ -575,6 +591,31 @@ impl Replica {
             let bytes = local.entries.values().map(|e| e.size).sum();
             Ok(Verified { entries: local.entries.len(), bytes, differences })
         })
+    }
+
+    /// `tandem diff`: a job (blocking: it walks the metadata) that returns the start of
+    /// tracking (if the zone log can be trusted), the estimate, and the last catch-up's rate.
+    pub fn estimator(
+        &self,
+    ) -> impl FnOnce() -> (Option<u64>, tandem_replication::fs::CatchUpEstimate, Option<f64>) + Send + 'static {
+        let fss = self.fs.clone();
+        let zones = self.zones.clone();
+        let rate = *self.last_rate.lock().unwrap();
+        move || {
+            let log = zones.filter(|l| !l.lost());
+            let since = log
+                .as_ref()
+                .map(|l| l.started().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+            let mut sum = tandem_replication::fs::CatchUpEstimate::default();
+            for fs in &fss {
+                let e = fs.catch_up_estimate(log.as_deref());
+                sum.files += e.files;
+                sum.bytes += e.bytes;
+                sum.compare += e.compare;
+                sum.unread += e.unread;
+            }
+            (since, sum, rate)
+        }
     }
 
     pub fn is_second(&self) -> bool {

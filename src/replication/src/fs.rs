@@ -96,6 +96,20 @@ pub struct SyncProgress {
     pub unread: u64,
 }
 
+/// What a catch-up of a secondary that left cleanly would do ([`ReplicatedFs::catch_up_estimate`]):
+/// from the metadata and the zone log, nothing read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CatchUpEstimate {
+    /// Regular files (each inode once) and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// Bytes to compare by block hash on both sides: at most this much is sent (plus what the
+    /// secondary lacks entirely).
+    pub compare: u64,
+    /// Bytes the zone log vouches for: not read.
+    pub unread: u64,
+}
+
 /// What the secondary's copy of one directory holds at the start of a catch-up: its manifest
 /// (paths relative to the directory; the empty path is the directory itself), taken at the
 /// start of the stream, before any op of the catch-up.
@@ -307,6 +321,12 @@ impl ReplicatedFs {
     /// Attaching or detaching a sink meanwhile ends it with [`FsError::Stream`].
     pub fn full_sync(&self, progress: &mut dyn FnMut(&SyncProgress)) -> Result<SyncProgress, FsError> {
         self.inner.full_sync(progress)
+    }
+
+    /// What a catch-up would compare and skip, given `log` (None: every file is compared). A
+    /// walk of the metadata of the directory under the mount.
+    pub fn catch_up_estimate(&self, log: Option<&crate::zonelog::ZoneLog>) -> CatchUpEstimate {
+        self.inner.catch_up_estimate(log)
     }
 
     /// Installs (or removes) the zone log: from now on, every change that reaches a file through

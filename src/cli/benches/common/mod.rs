@@ -8,6 +8,9 @@ use std::io::Read;
 
 use anyhow::{bail, Result};
 
+/// Commands inside lab nodes (added for the catch-up bench).
+pub mod labcmd;
+
 pub mod sys {
     use std::os::raw::{c_int, c_ulong};
     extern "C" {

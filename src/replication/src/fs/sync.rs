@@ -367,6 +367,42 @@ impl Inner {
     fn sync_estimate(&self) -> u64 {
         let mut seen = HashSet::new();
         let mut total = 0u64;
+        self.walk_files(&mut |st| {
+            if seen.insert(key_of(st)) {
+                total += (st.st_size.max(0) as u64).min(st.st_blocks.max(0) as u64 * 512)
+            }
+        });
+        total
+    }
+
+    /// What a catch-up would read and at most send, from the metadata and the zone log: see
+    /// [`super::ReplicatedFs::catch_up_estimate`].
+    pub fn catch_up_estimate(&self, log: Option<&crate::zonelog::ZoneLog>) -> super::CatchUpEstimate {
+        let mut e = super::CatchUpEstimate::default();
+        let mut seen = HashSet::new();
+        self.walk_files(&mut |st| {
+            if !seen.insert(key_of(st)) {
+                return;
+            }
+            let size = st.st_size.max(0) as u64;
+            e.files += 1;
+            e.bytes += size;
+            let tracked = log.and_then(|l| l.lookup(key_of(st), super::handlers::ctime_of(st)));
+            match tracked {
+                None | Some(Tracked::Whole) => e.compare += size,
+                Some(Tracked::Untouched) => e.unread += size,
+                Some(Tracked::Ranges(r)) => {
+                    let changed: u64 = r.iter().map(|(s, n)| (s + n).min(size).saturating_sub(*s)).sum();
+                    e.compare += changed;
+                    e.unread += size - changed;
+                }
+            }
+        });
+        e
+    }
+
+    /// Calls `f` with the stat of every regular file of the tree (excluded names aside).
+    fn walk_files(&self, f: &mut dyn FnMut(&libc::stat)) {
         let mut stack = vec![Vec::new()];
         while let Some(d) = stack.pop() {
             let Ok(c) = cpath(&d) else { continue };
@@ -384,14 +420,11 @@ impl Inner {
                 let Ok(st) = self.stat_path(&p) else { continue };
                 match st.st_mode & libc::S_IFMT {
                     libc::S_IFDIR => stack.push(p),
-                    libc::S_IFREG if seen.insert(key_of(&st)) => {
-                        total += (st.st_size.max(0) as u64).min(st.st_blocks.max(0) as u64 * 512)
-                    }
+                    libc::S_IFREG => f(&st),
                     _ => {}
                 }
             }
         }
-        total
     }
 
     pub fn full_sync(&self, progress: &mut dyn FnMut(&SyncProgress)) -> Result<SyncProgress, FsError> {
