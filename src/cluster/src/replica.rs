@@ -63,6 +63,8 @@ pub struct ReplicaSpec {
     pub timeout: Duration,
     /// Where the secondary keeps a private writable view of the directories (`staging/<index>`).
     pub staging: PathBuf,
+    /// `resync_bandwidth`: the cap of the full copy's and the catch-up's traffic.
+    pub resync_bandwidth: Option<u64>,
     /// The zone log, kept while this node is primary without an in-sync secondary.
     pub zone_log: PathBuf,
     pub zone_size: u64,
@@ -228,7 +230,10 @@ impl Replica {
                     ReplicatedFs::mount(&d.path, opts, None).map_err(|e| e.to_string())
                 });
             match mounted {
-                Ok(fs) => self.fs.push(Arc::new(fs)),
+                Ok(fs) => {
+                    fs.set_resync_bandwidth(self.spec.resync_bandwidth);
+                    self.fs.push(Arc::new(fs))
+                }
                 Err(e) => {
                     self.release();
                     return Err(e);

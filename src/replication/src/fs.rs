@@ -329,6 +329,12 @@ impl ReplicatedFs {
         self.inner.catch_up_estimate(log)
     }
 
+    /// Caps the traffic of the next full copies and catch-ups (not the application's changes,
+    /// which are replicated as they come) at `bytes_per_sec` (None: no cap).
+    pub fn set_resync_bandwidth(&self, bytes_per_sec: Option<u64>) {
+        self.inner.resync_bandwidth.store(bytes_per_sec.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Installs (or removes) the zone log: from now on, every change that reaches a file through
     /// the mount is recorded in it first (see [`crate::zonelog`]).
     pub fn set_zone_log(&self, log: Option<Arc<crate::zonelog::ZoneLog>>) {

@@ -324,6 +324,30 @@ fn full_sync_keeps_directory_times() {
     assert_identical(p, &a.replica, &["junk.tmp"], &all);
 }
 
+/// `resync_bandwidth`: the sync's traffic is paced (outside the order lock); 8 MiB at 4 MiB/s
+/// cannot take less than about 2 s.
+#[test]
+fn the_resync_bandwidth_caps_the_copy() {
+    if !fuse_available() {
+        return;
+    }
+    let a = area();
+    let mut rng = Rng(11);
+    fs::write(a.primary.join("f"), rng.bytes(8 << 20)).unwrap();
+    let fsys = ReplicatedFs::mount(&a.primary, MountOptions::new("sync-capped"), None).unwrap();
+    fsys.set_resync_bandwidth(Some(4 << 20));
+    let sink = RecordingSink::new();
+    fsys.attach_empty_secondary(sink.clone());
+    let start = Instant::now();
+    let result = fsys.full_sync(&mut |_| {}).unwrap();
+    let took = start.elapsed();
+    println!("8 MiB at 4 MiB/s: {took:?}");
+    assert_eq!(result.bytes, 8 << 20);
+    assert!(took >= Duration::from_millis(1900), "paced: {took:?}");
+    drop(fsys);
+    replay(&sink.take(), &a.replica);
+}
+
 /// A broken stream stops the sync with the stream's error; detaching ends it too.
 #[test]
 fn full_sync_stops_on_a_broken_stream() {

@@ -86,6 +86,8 @@ pub struct Inner {
     /// While no secondary is in sync: the durable log of the zones changed (zonelog.rs). Its
     /// hooks run under the order lock, before the change reaches the file.
     zone_log: RwLock<Option<Arc<crate::zonelog::ZoneLog>>>,
+    /// Bytes per second for the sync's own traffic (0: no limit).
+    pub(super) resync_bandwidth: AtomicU64,
     exclusions: Exclusions,
     pub(super) completions: Completions,
     ttl: Duration,
@@ -250,6 +252,7 @@ impl Inner {
             sync_generation: AtomicU64::new(0),
             observer: RwLock::new(None),
             zone_log: RwLock::new(None),
+            resync_bandwidth: AtomicU64::new(0),
             exclusions,
             completions,
             ttl,

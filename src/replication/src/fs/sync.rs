@@ -126,6 +126,10 @@ struct Flow {
     since: u64,
     checkpoints: VecDeque<(Arc<dyn OpSink>, u64)>,
     last: Pending,
+    /// `resync_bandwidth`: at most this many bytes per second of the sync's own traffic.
+    cap: Option<u64>,
+    started: Option<Instant>,
+    paced: u64,
 }
 
 const WINDOW: u64 = 8 << 20;
@@ -136,6 +140,15 @@ impl Flow {
     fn note(&mut self, last: Pending, cost: u64) -> Result<(), FsError> {
         if last.is_some() {
             self.last = last;
+        }
+        if let Some(cap) = self.cap.filter(|c| *c > 0) {
+            // Paced here, outside the order lock: the application is never held by the cap.
+            let started = *self.started.get_or_insert_with(Instant::now);
+            self.paced += cost;
+            let due = std::time::Duration::from_secs_f64(self.paced as f64 / cap as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
         }
         self.since += cost;
         if self.since < WINDOW {
@@ -439,7 +452,8 @@ impl Inner {
         };
         let _quiet = Quiet::new();
         let mut totals = SyncProgress { total_bytes_estimate: self.sync_estimate(), ..Default::default() };
-        let mut flow = Flow::default();
+        let cap = self.resync_bandwidth.load(Ordering::Relaxed);
+        let mut flow = Flow { cap: (cap > 0).then_some(cap), ..Flow::default() };
         let mut buf = vec![0u8; super::handlers::COPY_CHUNK];
         loop {
             let mut last: Pending = None;
