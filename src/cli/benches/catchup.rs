@@ -11,7 +11,8 @@
 //!    `/var/lib/tandem/bench`); from n1, `rsync -a -W --stats /srv/web/ rsync://198.18.0.2/full/`
 //!    into an empty directory, then `sync` on n2 (timed apart); the copy is removed;
 //! 3. full copy, tandem: daemons on both nodes, `start` and `prim` on n1 (ALONE), then `start` and
-//!    `second` on n2: the time from n2's `start` to n2 SECOND (`tandem state -m web` exits 4), and the `full copy
+//!    `second` on n2: the time from n2's `start` to n2 SECOND and Ready (`tandem state -m web
+//!    --json`: exit code 4, readiness `Ready`: caught up), and the `full copy
 //!    done` line of n1's module log;
 //! 4. waits `BENCH_AGE_SECS` (11 s): files changed less than the replication timeout + 5 s (10 s
 //!    with the lab's 1 s heartbeat timeout) before tracking starts are compared whole;
@@ -20,7 +21,7 @@
 //!    `files`: 1 % of the files rewritten in place), then `sync`;
 //! 6. the stale copy for rsync: `cp -a --reflink=auto` of n2's `/srv/web` (as the secondary left
 //!    it) to `/var/lib/tandem/bench/stale` on n2;
-//! 7. catch-up, tandem: `start` on n2; the time from it to n2 SECOND, the `catch-up done` line of
+//! 7. catch-up, tandem: `start` on n2; the time from it to n2 SECOND (Ready), the `catch-up done` line of
 //!    n1's module log (bytes sent, its own time), and the bytes n1's eth0 sent and received
 //!    meanwhile; then `tandem verify` must say the copies are identical;
 //! 8. catch-up, rsync: `stop` on n2 then n1 (n1's `/srv/web` is a plain directory again, so rsync
@@ -406,7 +407,7 @@ fn admin(lab: &Lab, node: &str, verb: &str) -> Result<()> {
     }
 }
 
-/// `tandem state -m web`'s exit code (1 STOP, 2 ALONE, 3 PRIM, 4 SECOND, ...).
+/// `tandem state -m web`'s exit code (STOP 0, WAIT 1, ALONE 2, PRIM 3, SECOND 4).
 fn state(lab: &Lab, node: &str) -> Result<i32> {
     Ok(output_in(lab, node, &[TANDEM, "state", "-m", "web"], COMMAND_TIMEOUT)?.status.code().unwrap_or(-1))
 }
@@ -420,6 +421,25 @@ fn wait_state(lab: &Lab, node: &str, code: i32, within: Duration) -> Result<Inst
         }
         if Instant::now() > deadline {
             bail!("{node} not in state {code} after {within:?} (state {})", state(lab, node)?);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls until the node is SECOND and Ready (caught up: the state alone turns SECOND when the
+/// catch-up starts); returns when it was first seen so.
+fn wait_second_ready(lab: &Lab, node: &str, within: Duration) -> Result<Instant> {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = output_in(lab, node, &[TANDEM, "state", "-m", "web", "--json"], COMMAND_TIMEOUT)?;
+        if o.status.code() == Some(4) {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).context("tandem state --json")?;
+            if v[0]["readiness"].as_str() == Some("Ready") {
+                return Ok(Instant::now());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{node} not SECOND (Ready) after {within:?}: {}", text(&o));
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -637,7 +657,7 @@ fn measure(p: &Params, shape: Shape, lab: &Lab, guard: &mut LabGuard, dir: &Path
     if !o.status.success() {
         eprintln!("bench catchup: {tag}: `second` on n2 right after `start`: {}", text(&o));
     }
-    let ready = wait_state(lab, SECONDARY, 4, BULK_TIMEOUT)?;
+    let ready = wait_second_ready(lab, SECONDARY, BULK_TIMEOUT)?;
     s.tandem_full = (ready - t).as_secs_f64();
     let full_line = wait_log_line(lab, "full copy done: ", Duration::from_secs(30))?;
     s.tandem_full_log = secs_in(&full_line).unwrap_or(f64::NAN);
@@ -652,13 +672,10 @@ fn measure(p: &Params, shape: Shape, lab: &Lab, guard: &mut LabGuard, dir: &Path
     thread::sleep(p.age);
     admin(lab, SECONDARY, "stop")?;
     wait_state(lab, PRIMARY, 2, Duration::from_secs(30)).context("n1 ALONE after n2's stop")?;
-    wait_state(lab, SECONDARY, 1, Duration::from_secs(30)).context("n2 STOP")?;
+    wait_state(lab, SECONDARY, 0, Duration::from_secs(30)).context("n2 STOP")?;
     change_data(lab, p, shape)?;
 
     // 4. The stale copy for rsync: n2's copy as the secondary left it.
-    if mount_type(lab, SECONDARY, REPL_DIR)?.is_some() {
-        eprintln!("bench catchup: {tag}: note: {REPL_DIR} is still a mount point on n2 after its stop");
-    }
     sh_in(lab, SECONDARY, &format!("cp -a --reflink=auto {REPL_DIR}/. {STALE_DIR}/ && sync"), BULK_TIMEOUT)?;
 
     // 5. tandem's catch-up.
@@ -666,7 +683,7 @@ fn measure(p: &Params, shape: Shape, lab: &Lab, guard: &mut LabGuard, dir: &Path
     let w0 = wire_bytes(lab, PRIMARY)?;
     let t = Instant::now();
     admin(lab, SECONDARY, "start")?;
-    let ready = wait_state(lab, SECONDARY, 4, BULK_TIMEOUT)?;
+    let ready = wait_second_ready(lab, SECONDARY, BULK_TIMEOUT)?;
     s.tandem_catchup = (ready - t).as_secs_f64();
     s.tandem_wire = wire_bytes(lab, PRIMARY)? - w0;
     let line = wait_log_line(lab, "catch-up done (", Duration::from_secs(30))?;
@@ -687,8 +704,8 @@ fn measure(p: &Params, shape: Shape, lab: &Lab, guard: &mut LabGuard, dir: &Path
     admin(lab, SECONDARY, "stop")?;
     wait_state(lab, PRIMARY, 2, Duration::from_secs(30))?;
     admin(lab, PRIMARY, "stop")?;
-    wait_state(lab, PRIMARY, 1, Duration::from_secs(30))?;
-    if let Some(t) = mount_type(lab, PRIMARY, REPL_DIR)? {
+    wait_state(lab, PRIMARY, 0, Duration::from_secs(30))?;
+    if let Some(t) = mount_type(lab, PRIMARY, REPL_DIR)?.filter(|t| t.starts_with("fuse")) {
         bail!("{REPL_DIR} on n1 is still mounted ({t}) after stop: rsync would read through it");
     }
     drop_caches(p)?;
@@ -767,7 +784,7 @@ fn render(p: &Params, results: &[(Shape, Vec<Sample>, Vec<String>)], loads: &[f6
         }
         let _ = writeln!(
             t,
-            "| {} | tandem catch-up: `start` on n2 → SECOND | {runs} | {:.2} | (included) | {} | {} | {} |",
+            "| {} | tandem catch-up: `start` on n2 → SECOND (Ready) | {runs} | {:.2} | (included) | {} | {} | {} |",
             shape.name(),
             med(ss, |s| s.tandem_catchup),
             mib(med(ss, |s| s.tandem_sent as f64)),
@@ -811,7 +828,7 @@ fn render(p: &Params, results: &[(Shape, Vec<Sample>, Vec<String>)], loads: &[f6
         let tf = med(ss, |s| s.tandem_full);
         let _ = writeln!(
             t,
-            "| {} | tandem full copy: `start` + `second` on n2 → SECOND | {} | {tf:.2} | (included) | {:.0} | {} |",
+            "| {} | tandem full copy: `start` + `second` on n2 → SECOND (Ready) | {} | {tf:.2} | (included) | {:.0} | {} |",
             shape.name(),
             ss.len(),
             total / tf,

@@ -111,6 +111,9 @@ pub struct Driver<V: VipOps> {
     /// Shown by `tandem state`: the last failed hook.
     last_failure: Option<String>,
     last_progress_log: Option<Instant>,
+    /// Before the current step, this node was a Ready secondary: its copy was in sync, so a
+    /// promotion may track changes from now on (the zone log).
+    was_ready_second: bool,
 }
 
 impl<V: VipOps> Driver<V> {
@@ -172,6 +175,7 @@ impl<V: VipOps> Driver<V> {
             progress: None,
             last_failure: None,
             last_progress_log: None,
+            was_ready_second: false,
         };
         (d, body_rx, status_rx)
     }
@@ -418,6 +422,9 @@ impl<V: VipOps> Driver<V> {
                     In::Tick => MirrorEvent::Tick,
                     In::Shutdown => MirrorEvent::Shutdown,
                 };
+                let before = m.status();
+                self.was_ready_second =
+                    before.state == State::Second && before.readiness == tandem_machine::Readiness::Ready;
                 m.handle(now, ev)?
             }
             Machine::Farm(f) => {
@@ -472,7 +479,7 @@ impl<V: VipOps> Driver<V> {
                 Action::TakeVip => {
                     // The replicated directory is intercepted before the application starts.
                     if let Some(r) = self.replica.as_mut() {
-                        match r.take() {
+                        match r.take(self.was_ready_second) {
                             Ok(()) => self.log.append("INFO", "replicated directory mounted (FUSE)"),
                             Err(e) => {
                                 self.log.append("ERROR", &format!("cannot mount the replicated directory: {e}"));

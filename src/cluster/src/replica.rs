@@ -213,11 +213,10 @@ impl Replica {
 
     /// Becoming primary: mount the FUSE layer over each directory (before the application
     /// starts). All or none: a directory that cannot be mounted unmounts the others.
-    pub fn take(&mut self) -> Result<(), String> {
-        // A Ready secondary's copy was in sync until now: changes are tracked from here. A node
-        // that starts as primary cold cannot vouch for what changed while it was down, unless
-        // it was tracking already (the log survives restarts).
-        let was_secondary = self.secondary.is_some();
+    /// `was_ready_second`: this node was a Ready secondary until now (its copy in sync), so
+    /// changes are tracked from here; a node that starts as primary cold cannot vouch for what
+    /// changed while it was down, unless it was tracking already (the log survives restarts).
+    pub fn take(&mut self, was_ready_second: bool) -> Result<(), String> {
         self.leave_second();
         if !self.fs.is_empty() {
             return Ok(());
@@ -240,7 +239,7 @@ impl Replica {
                 }
             }
         }
-        self.start_tracking(!was_secondary);
+        self.start_tracking(!was_ready_second);
         Ok(())
     }
 

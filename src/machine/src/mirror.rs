@@ -204,6 +204,8 @@ pub struct MirrorMachine {
     /// When the peer was lost (with a witness policy), and the last witness verdict since then.
     lost_at: Option<Millis>,
     witness_since_loss: Option<bool>,
+    /// When the last verdict (`witness_ok`) came.
+    witness_at: Millis,
     sender: bool,
     receiver: bool,
     /// The highest join of the peer this primary has answered with a catch-up.
@@ -236,6 +238,7 @@ impl MirrorMachine {
             witness_ok: None,
             lost_at: None,
             witness_since_loss: None,
+            witness_at: 0,
             sender: false,
             receiver: false,
             last_join: None,
@@ -287,6 +290,7 @@ impl MirrorMachine {
             MirrorEvent::Resource { name, up } => self.resource(now, name, up, &mut out),
             MirrorEvent::Witness { reachable } => {
                 self.witness_ok = Some(reachable);
+                self.witness_at = now;
                 if self.lost_at.is_some() {
                     self.witness_since_loss = Some(reachable);
                 }
@@ -379,7 +383,7 @@ impl MirrorMachine {
                 if let Some(h) = self.held.iter().next() {
                     return Err(Refused::new(name, format!("checker `{h}` holds this node in WAIT")));
                 }
-                self.may_prim().map_err(|reason| Refused::new(name, reason))?;
+                self.may_prim(now).map_err(|reason| Refused::new(name, reason))?;
                 if self.state == State::Stop {
                     self.start(now, Cause::Prim, out);
                 }
@@ -437,7 +441,7 @@ impl MirrorMachine {
     }
 
     /// Whether `prim` may promote this node: only on data known to be at least as new as the peer's.
-    fn may_prim(&self) -> Result<(), String> {
+    fn may_prim(&self, now: Millis) -> Result<(), String> {
         let peer = &self.policy.peer;
         if self.p.freshness == Freshness::Inconsistent {
             return Err(format!(
@@ -455,6 +459,16 @@ impl MirrorMachine {
                     "this node's data and {peer}'s share no generation (not copies of each other); use primforce on the one to keep"
                 )),
             },
+            // With a witness, a node that cannot see its peer serves only if it reaches a witness
+            // now: else it may be the cut-off side of a split while the peer serves.
+            None if self.policy.witness
+                && !(self.witness_ok == Some(true)
+                    && now.saturating_sub(self.witness_at) <= self.policy.witness_deadline_ms) =>
+            {
+                Err(format!(
+                    "{peer} is not visible and no witness answered lately: this node may be cut off while {peer} serves"
+                ))
+            }
             None => match self.p.freshness {
                 Freshness::Latest => Ok(()),
                 Freshness::Unknown => Err(format!(

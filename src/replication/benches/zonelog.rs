@@ -92,7 +92,7 @@ fn bench() -> R<()> {
     let loads = env_num("BENCH_LOADS", 5) as usize;
     let tmp = tempfile::Builder::new().prefix("tandem-bench-zonelog-").tempdir_in(&base)?;
     let dir = tmp.path();
-    let fsinfo = Command::new("df").args(["-T", "--output=source,fstype"]).arg(dir).output()?;
+    let fsinfo = Command::new("df").args(["--output=source,fstype"]).arg(dir).output()?;
     let fsline = String::from_utf8_lossy(&fsinfo.stdout).lines().nth(1).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("Zone log bench in {} ({fsline}), load average {}", dir.display(), load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));

@@ -722,11 +722,20 @@ fn a_zone_catch_up_reads_only_the_recorded_zones() {
     fs::rename(p.join("d2/f2"), p.join("d2/renamed")).unwrap();
     fs::write(p.join("d3/new"), rng.bytes(7000)).unwrap();
     fs::set_permissions(p.join("d4/f4"), fs::Permissions::from_mode(0o600)).unwrap();
+    // Held open for writing across the catch-up, unchanged until after it: not read, but its
+    // handle must replicate the writes that come later.
+    let held = OpenOptions::new().write(true).open(p.join("d5/f5")).unwrap();
     let sink = RecordingSink::new();
     fsys.attach_empty_secondary(sink.clone());
     let entries = manifest::build(&a.replica).unwrap().entries;
     fsys.set_basis(Basis { entries, reuse: true, zones: Some(log.clone()) }).unwrap();
     let result = fsys.full_sync(&mut |_| {}).unwrap();
+    held.write_all_at(b"written after the catch-up", 5).unwrap();
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fsys.open_files() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     drop(fsys);
     println!("zone catch-up: {result:?}, log {log:?}");
     replay(&sink.take(), &a.replica);

@@ -182,6 +182,11 @@ struct FileJob {
     basis: Option<Vec<Hash>>,
     /// With a zone log: only the blocks of these byte ranges may differ (the rest is not read).
     ranges: Option<Vec<(u64, u64)>>,
+    /// The mtime of the secondary's copy, which it kept: if nothing is sent and the mtime is the
+    /// same, the secondary's file is not touched at all (its ctime stays, for its own zone log).
+    kept_mtime: Option<(i64, i64)>,
+    /// Data was sent into the file.
+    sent: bool,
 }
 
 /// How a catch-up treats a file the secondary kept.
@@ -210,6 +215,10 @@ fn local_err(path: &[u8], what: &'static str, e: Errno) -> FsError {
         what,
         source: std::io::Error::from_raw_os_error(e.0),
     }
+}
+
+fn p_or_empty(name: &Option<Vec<u8>>) -> Vec<u8> {
+    name.clone().unwrap_or_default()
 }
 
 /// What a block of `COPY_CHUNK` holes reads as, for its hash.
@@ -573,8 +582,10 @@ impl Inner {
                     out.files += 1;
                     let plan = old.as_ref().map(|e| self.plan(&st, e)).unwrap_or(Plan::Compare);
                     if let (Plan::Unchanged, Some(e)) = (&plan, &old) {
-                        // Not opened, not read; its metadata may still differ (chmod, xattrs).
+                        // Not read; its metadata may still differ (chmod, xattrs). The handles
+                        // the application holds on it replicate from now on, as for any file.
                         self.emit_meta_over(&p, &st, e, last);
+                        self.open_app_handles(key_of(&st), &p, last);
                         out.unread += st.st_size.max(0) as u64;
                         continue;
                     }
@@ -750,8 +761,11 @@ impl Inner {
                 self.push(last, Op::Chmod { path: rel(p), mode: st.st_mode & 0o7777 });
             }
         }
-        // The size first: from now on every change of size by the application is sent.
-        self.push(last, Op::Truncate { fh, size });
+        // The size first: from now on every change of size by the application is sent. (A kept
+        // file of the same size is not truncated: that would only move its times.)
+        if old.is_none_or(|e| e.size != size) {
+            self.push(last, Op::Truncate { fh, size });
+        }
         self.emit_xattrs_over(p, old, last);
         self.open_app_handles(key, p, last);
         if let Some(s) = self.sync_state().as_mut() {
@@ -764,7 +778,8 @@ impl Inner {
             Plan::Ranges(r) => Some(r),
             _ => None,
         };
-        Ok(Some(FileJob { fh, fd, basis: old.map(|e| e.blocks.clone()), ranges }))
+        let kept_mtime = old.map(|e| (e.mtime.sec, e.mtime.nsec as i64));
+        Ok(Some(FileJob { fh, fd, basis: old.map(|e| e.blocks.clone()), ranges, kept_mtime, sent: false }))
     }
 
     /// Sends the data of one file, one chunk (at most 1 MiB) per step under the order lock, then
@@ -785,9 +800,22 @@ impl Inner {
             Some(blocks) => {
                 totals.compared += 1;
                 let ranges = job.ranges.take();
-                self.copy_differing(generation, &job, &blocks, ranges.as_deref(), buf, flow, totals, start, progress)?
+                job.sent = self.copy_differing(
+                    generation,
+                    &job,
+                    &blocks,
+                    ranges.as_deref(),
+                    buf,
+                    flow,
+                    totals,
+                    start,
+                    progress,
+                )?;
             }
-            None => self.copy_all(generation, &job, buf, flow, totals, start, progress)?,
+            None => {
+                job.sent = true;
+                self.copy_all(generation, &job, buf, flow, totals, start, progress)?
+            }
         }
         self.close_copy(generation, job, flow)
     }
@@ -839,7 +867,7 @@ impl Inner {
     /// replicated, so a block equal to the basis now ends equal on both sides (the argument is
     /// in docs/replication.md, "Catch-up"). A differing block is read again and queued under
     /// the lock, so no concurrent write is overtaken by older data. A block of zeros is sent as
-    /// a hole punch.
+    /// a hole punch. Returns whether anything was sent.
     #[allow(clippy::too_many_arguments)]
     fn copy_differing(
         &self,
@@ -852,10 +880,11 @@ impl Inner {
         totals: &mut SyncProgress,
         start: Instant,
         progress: &mut dyn FnMut(&SyncProgress),
-    ) -> Result<(), FsError> {
+    ) -> Result<bool, FsError> {
         let bs = buf.len() as u64;
         let read_err = |e| local_err(b"", "reading a file to compare", e);
         let mut index = 0usize;
+        let mut changed = false;
         loop {
             self.check(generation)?;
             let off = index as u64 * bs;
@@ -898,6 +927,7 @@ impl Inner {
                 }
                 let len = (size - off).min(bs) as usize;
                 let n = sys::pread_full(job.fd.as_fd(), &mut buf[..len], off).map_err(read_err)?;
+                changed = true;
                 if buf[..n].iter().all(|b| *b == 0) {
                     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                     self.push(&mut last, Op::Fallocate { fh: job.fh, mode, offset: off, len: n as u64 });
@@ -912,7 +942,7 @@ impl Inner {
             flow.note(last, sent.max(OBJECT_COST))?;
             index += 1;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Closes the sync's handle on a copied file and sends its mtime.
@@ -929,8 +959,9 @@ impl Inner {
                 // name of it that the secondary holds (a hard link), else it has no name there.
                 let still = self.stat_path(&p).map(|st| key_of(&st) == key).unwrap_or(false) && self.replicates(&p);
                 let name = if still { Some(p) } else { self.sync_sent_name(key) };
-                if let Some(name) = name {
-                    let st = sys::fstat(job.fd.as_fd()).map_err(|e| local_err(&name, "fstat", e))?;
+                let st = sys::fstat(job.fd.as_fd()).map_err(|e| local_err(&p_or_empty(&name), "fstat", e))?;
+                let untouched = !job.sent && job.kept_mtime == Some((st.st_mtime, st.st_mtime_nsec));
+                if let Some(name) = name.filter(|_| !untouched) {
                     self.push(
                         &mut last,
                         Op::SetTimes {
