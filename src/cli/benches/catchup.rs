@@ -174,7 +174,11 @@ fn env_or(name: &str, default: &str) -> String {
 
 fn env_num(name: &str, default: &str, min: u64) -> Result<u64> {
     let s = env_or(name, default);
-    s.trim().parse::<u64>().ok().filter(|n| *n >= min).ok_or_else(|| anyhow!("{name}={s:?}: expected an integer ≥ {min}"))
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n >= min)
+        .ok_or_else(|| anyhow!("{name}={s:?}: expected an integer ≥ {min}"))
 }
 
 fn bench() -> Result<bool> {
@@ -507,7 +511,7 @@ fn drop_caches(p: &Params) -> Result<()> {
 fn rsync_totals(out: &str) -> Result<(u64, u64)> {
     let get = |what: &str| -> Option<u64> {
         let l = out.lines().find(|l| l.trim_start().starts_with(what))?;
-        l[l.find(':')? + 1..].trim().split_whitespace().next()?.replace(',', "").parse().ok()
+        l[l.find(':')? + 1..].split_whitespace().next()?.replace(',', "").parse().ok()
     };
     match (get("Total bytes sent:"), get("Total bytes received:")) {
         (Some(s), Some(r)) => Ok((s, r)),
@@ -610,7 +614,16 @@ fn measure(p: &Params, shape: Shape, lab: &Lab, guard: &mut LabGuard, dir: &Path
     )?;
     let log = File::create(dir.join("n2-rsyncd.out"))?;
     let child = lab
-        .command(SECONDARY, &["rsync", "--daemon", "--no-detach", &format!("--config={RSYNCD_CONF}"), &format!("--address={SECONDARY_ADDR}")])?
+        .command(
+            SECONDARY,
+            &[
+                "rsync",
+                "--daemon",
+                "--no-detach",
+                &format!("--config={RSYNCD_CONF}"),
+                &format!("--address={SECONDARY_ADDR}"),
+            ],
+        )?
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -711,8 +724,13 @@ fn measure(p: &Params, shape: Shape, lab: &Lab, guard: &mut LabGuard, dir: &Path
     drop_caches(p)?;
     let w0 = wire_bytes(lab, PRIMARY)?;
     let t = Instant::now();
-    let o =
-        run_in(lab, PRIMARY, &["rsync", "-a", "--stats", &format!("{REPL_DIR}/"), &module_url("stale")], &[0], BULK_TIMEOUT)?;
+    let o = run_in(
+        lab,
+        PRIMARY,
+        &["rsync", "-a", "--stats", &format!("{REPL_DIR}/"), &module_url("stale")],
+        &[0],
+        BULK_TIMEOUT,
+    )?;
     s.rsync_delta = t.elapsed().as_secs_f64();
     let t = Instant::now();
     run_in(lab, SECONDARY, &["sync"], &[0], BULK_TIMEOUT)?;
@@ -777,7 +795,8 @@ fn render(p: &Params, results: &[(Shape, Vec<Sample>, Vec<String>)], loads: &[f6
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
     for (shape, ss, errs) in results {
-        let runs = if errs.is_empty() { format!("{}", ss.len()) } else { format!("{} ({} failed)", ss.len(), errs.len()) };
+        let runs =
+            if errs.is_empty() { format!("{}", ss.len()) } else { format!("{} ({} failed)", ss.len(), errs.len()) };
         if ss.is_empty() {
             let _ = writeln!(t, "| {} | – | {runs} | – | – | – | – | – |", shape.name());
             continue;
@@ -886,10 +905,8 @@ fn render(p: &Params, results: &[(Shape, Vec<Sample>, Vec<String>)], loads: &[f6
             verdict(tf <= rw)
         );
     }
-    let failed: Vec<String> = results
-        .iter()
-        .flat_map(|(s, _, e)| e.iter().map(move |x| format!("- {}: {x}", s.name())))
-        .collect();
+    let failed: Vec<String> =
+        results.iter().flat_map(|(s, _, e)| e.iter().map(move |x| format!("- {}: {x}", s.name()))).collect();
     if !failed.is_empty() {
         let _ = writeln!(t, "\nFailed runs:\n\n{}", failed.join("\n"));
     }

@@ -783,23 +783,9 @@ mod tests {
 
     #[test]
     fn the_secondary_manifest_is_split_per_directory() {
-        use tandem_replication::manifest::{Entry, Kind, Manifest, Time};
+        use tandem_replication::manifest::{Entry, Kind, Manifest};
         use tandem_replication::op::RelPath;
-        let e = Entry {
-            kind: Kind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            mtime: Time { sec: 0, nsec: 0 },
-            rdev: 0,
-            allocated: 0,
-            symlink_target: None,
-            xattrs: Default::default(),
-            link_group: None,
-            blocks: Vec::new(),
-            hash: None,
-        };
+        let e = Entry::bare(Kind::Dir);
         let m = Manifest {
             block_size: 1 << 20,
             entries: ["", "0", "0/a", "0/a/b", "1", "1/c", "7/stray", "x"]

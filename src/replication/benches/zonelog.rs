@@ -93,9 +93,19 @@ fn bench() -> R<()> {
     let tmp = tempfile::Builder::new().prefix("tandem-bench-zonelog-").tempdir_in(&base)?;
     let dir = tmp.path();
     let fsinfo = Command::new("df").args(["--output=source,fstype"]).arg(dir).output()?;
-    let fsline = String::from_utf8_lossy(&fsinfo.stdout).lines().nth(1).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    let fsline = String::from_utf8_lossy(&fsinfo.stdout)
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("Zone log bench in {} ({fsline}), load average {}", dir.display(), load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!(
+        "Zone log bench in {} ({fsline}), load average {}",
+        dir.display(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
 
     // 1. First write into a new zone, against the floor of a 32-byte pwrite + fdatasync.
     let log = ZoneLog::open_or_start(&dir.join("zones.log"), ZONE)?;
@@ -126,7 +136,9 @@ fn bench() -> R<()> {
     let mx = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     let (f50, f99, fmax) = (pct(&mut first, 50.0), pct(&mut first, 99.0), mx(&first));
     let (g50, g99, gmax) = (pct(&mut fl, 50.0), pct(&mut fl, 99.0), mx(&fl));
-    println!("| `before_write`, first write into a zone (one durable 32-byte record) | {f50:.0} | {f99:.0} | {fmax:.0} |");
+    println!(
+        "| `before_write`, first write into a zone (one durable 32-byte record) | {f50:.0} | {f99:.0} | {fmax:.0} |"
+    );
     println!("| floor: 32-byte `pwrite` + `fdatasync` on the same disk | {g50:.0} | {g99:.0} | {gmax:.0} |");
     println!("| ratio | {:.2} | {:.2} | |", f50 / g50, f99 / g99);
 
@@ -187,7 +199,9 @@ fn bench() -> R<()> {
         }
         rows.push((label, v));
     }
-    println!("\nLoading it (`ZoneLog::open_or_start` on the existing log, each in a fresh process; medians of {loads}):\n");
+    println!(
+        "\nLoading it (`ZoneLog::open_or_start` on the existing log, each in a fresh process; medians of {loads}):\n"
+    );
     println!("| load | time (ms) | RSS before (MiB) | RSS after (MiB) | RSS taken by the log (MiB) | peak RSS (MiB) | later write into a recorded zone (ns, mean / p50 / p99) | all loads (ms) |");
     println!("|---|---|---|---|---|---|---|---|");
     let med = |v: &[ChildFigures], f: fn(&ChildFigures) -> f64| {

@@ -80,6 +80,28 @@ pub struct Entry {
     pub hash: Option<Hash>,
 }
 
+impl Entry {
+    /// An entry of `kind` with nothing else set (root-owned, mode 0, empty, time 0): for tests and
+    /// for building expectations.
+    pub fn bare(kind: Kind) -> Entry {
+        Entry {
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: Time { sec: 0, nsec: 0 },
+            rdev: 0,
+            allocated: 0,
+            symlink_target: None,
+            xattrs: BTreeMap::new(),
+            link_group: None,
+            blocks: Vec::new(),
+            hash: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub block_size: u64,

@@ -113,24 +113,9 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Time;
 
     fn entry(kind: Kind) -> Entry {
-        Entry {
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            mtime: Time { sec: 0, nsec: 0 },
-            rdev: 0,
-            allocated: 0,
-            symlink_target: None,
-            xattrs: Default::default(),
-            link_group: None,
-            blocks: Vec::new(),
-            hash: None,
-        }
+        Entry { mode: 0o644, ..Entry::bare(kind) }
     }
 
     fn model(paths: &[(&str, Kind)]) -> Model {
