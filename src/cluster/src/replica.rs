@@ -388,8 +388,22 @@ impl Replica {
                     "replication to {peer_addr}: {what} started; the secondary lists what it holds"
                 ))));
                 let started = Instant::now();
-                // What the secondary holds, at this point of the stream (before any op).
-                let manifest = match sender.verify(Duration::from_secs(3600)) {
+                // What the secondary holds, at this point of the stream (before any op). With a
+                // usable zone log it hashes only the files the catch-up will compare.
+                let listing = match zones.as_ref().filter(|l| l.usable()) {
+                    Some(log) => {
+                        let mut hash = Vec::new();
+                        for (i, fs) in fss.iter().enumerate() {
+                            let index = ReplicaSpec::index(i);
+                            for p in fs.files_to_hash(log) {
+                                hash.push(dir_prefix(index, &tandem_replication::op::RelPath(p)));
+                            }
+                        }
+                        sender.list(Duration::from_secs(3600), hash)
+                    }
+                    None => sender.verify(Duration::from_secs(3600)),
+                };
+                let manifest = match listing {
                     Ok(Ok(m)) => m,
                     Ok(Err(e)) => return report(format!("the secondary cannot list its copy: {e}")),
                     Err(e) => return report(format!("the secondary's list of its copy: {e}")),

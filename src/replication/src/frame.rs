@@ -80,6 +80,12 @@ pub enum Frame {
         id: u64,
         manifest: Result<crate::manifest::Manifest, String>,
     },
+    /// As `Verify`, for a catch-up that trusts the zone log: block hashes only for the regular
+    /// files in `hash`, the rest listed without being read. Answered with `Manifest`.
+    List {
+        id: u64,
+        hash: Vec<crate::op::RelPath>,
+    },
 }
 
 impl Frame {
@@ -94,6 +100,7 @@ impl Frame {
             Frame::Bye => "Bye",
             Frame::Verify { .. } => "Verify",
             Frame::Manifest { .. } => "Manifest",
+            Frame::List { .. } => "List",
         }
     }
 }

@@ -335,6 +335,12 @@ impl ReplicatedFs {
         self.inner.resync_bandwidth.store(bytes_per_sec.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The files a catch-up trusting `log` compares by block hash: the secondary's manifest needs
+    /// their hashes only ([`crate::manifest::build_with`]).
+    pub fn files_to_hash(&self, log: &crate::zonelog::ZoneLog) -> Vec<Vec<u8>> {
+        self.inner.files_to_hash(log)
+    }
+
     /// Installs (or removes) the zone log: from now on, every change that reaches a file through
     /// the mount is recorded in it first (see [`crate::zonelog`]).
     pub fn set_zone_log(&self, log: Option<Arc<crate::zonelog::ZoneLog>>) {

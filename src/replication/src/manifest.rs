@@ -116,10 +116,17 @@ pub enum ManifestError {
 
 /// Builds the manifest of the tree at `root`.
 pub fn build(root: &Path) -> Result<Manifest, ManifestError> {
+    build_with(root, None)
+}
+
+/// As [`build`], with block hashes only for the regular files named in `hash` (None: all). The
+/// others have no `blocks` and no `hash`: a catch-up trusting the zone log reads only what it
+/// must on the secondary too.
+pub fn build_with(root: &Path, hash: Option<&std::collections::HashSet<RelPath>>) -> Result<Manifest, ManifestError> {
     let err = |what: String| move |e: Errno| ManifestError::Io { root: root.to_owned(), what, source: e.into() };
     let root_fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(err("open".into()))?;
-    let mut w = Walker { root, entries: BTreeMap::new(), inodes: HashMap::new() };
+    let mut w = Walker { root, entries: BTreeMap::new(), inodes: HashMap::new(), hash };
     let st = rfs::fstat(&root_fd).map_err(err("stat".into()))?;
     let root_entry = w.entry(root_fd.as_fd(), c".", &RelPath(Vec::new()), &st)?;
     w.entries.insert(RelPath(Vec::new()), root_entry);
@@ -145,6 +152,8 @@ struct Walker<'a> {
     entries: BTreeMap<RelPath, Entry>,
     /// (dev, ino) of non-directories with st_nlink > 1 → their names in the tree.
     inodes: HashMap<(u64, u64), Vec<RelPath>>,
+    /// The regular files to hash (None: all).
+    hash: Option<&'a std::collections::HashSet<RelPath>>,
 }
 
 impl Walker<'_> {
@@ -210,7 +219,7 @@ impl Walker<'_> {
         } else {
             None
         };
-        let (blocks, hash) = if kind == Kind::File {
+        let (blocks, hash) = if kind == Kind::File && self.hash.is_none_or(|h| h.contains(rel)) {
             let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
                 .map_err(self.err(show))?;
             let (b, h) = hash_file(fd, st.st_size as u64).map_err(|e| ManifestError::Io {

@@ -204,8 +204,9 @@ struct State {
     flush_upto: u64,
     broken: Option<Arc<ReplError>>,
     closing: bool,
-    /// `Verify` requests to send once everything up to their seq is sent: (id, upto).
-    verify_pending: VecDeque<(u64, u64)>,
+    /// `Verify` (or `List`, with the files to hash) requests to send once everything up to their
+    /// seq is sent: (id, upto, files to hash).
+    verify_pending: VecDeque<(u64, u64, Option<Vec<crate::op::RelPath>>)>,
     verify_results: std::collections::HashMap<u64, Result<crate::manifest::Manifest, String>>,
     next_verify: u64,
 }
@@ -395,6 +396,24 @@ impl Sender {
     /// `tandem verify`: the manifest of the secondary's copy once every operation submitted before
     /// this call is applied there. A timeout does not break the stream.
     pub fn verify(&self, timeout: Duration) -> Result<Result<crate::manifest::Manifest, String>, ReplError> {
+        self.manifest(timeout, None)
+    }
+
+    /// As [`Sender::verify`], with block hashes only for the files in `hash` (a catch-up that
+    /// trusts the zone log).
+    pub fn list(
+        &self,
+        timeout: Duration,
+        hash: Vec<crate::op::RelPath>,
+    ) -> Result<Result<crate::manifest::Manifest, String>, ReplError> {
+        self.manifest(timeout, Some(hash))
+    }
+
+    fn manifest(
+        &self,
+        timeout: Duration,
+        hash: Option<Vec<crate::op::RelPath>>,
+    ) -> Result<Result<crate::manifest::Manifest, String>, ReplError> {
         let deadline = Instant::now() + timeout;
         let peer = self.shared.peer;
         let mut st = self.shared.lock();
@@ -404,7 +423,7 @@ impl Sender {
         let id = st.next_verify;
         st.next_verify += 1;
         let upto = st.next_seq - 1;
-        st.verify_pending.push_back((id, upto));
+        st.verify_pending.push_back((id, upto, hash));
         self.shared.work.notify_all();
         loop {
             if let Some(r) = st.verify_results.remove(&id) {
@@ -491,7 +510,7 @@ fn send_loop(shared: &Shared, mut w: ChannelWriter) {
                 if st.broken.is_some() {
                     return;
                 }
-                let verify_due = st.verify_pending.front().is_some_and(|&(_, upto)| st.sent >= upto);
+                let verify_due = st.verify_pending.front().is_some_and(|(_, upto, _)| st.sent >= *upto);
                 if !st.queue.is_empty() || (st.flush_pending && st.sent >= st.flush_upto) || verify_due {
                     break;
                 }
@@ -522,12 +541,15 @@ fn send_loop(shared: &Shared, mut w: ChannelWriter) {
                 st.flush_pending = false;
             }
             let mut verifies = Vec::new();
-            while let Some(&(id, upto)) = st.verify_pending.front() {
-                if st.sent < upto {
+            while let Some((_, upto, _)) = st.verify_pending.front() {
+                if st.sent < *upto {
                     break;
                 }
-                verifies.push(id);
-                st.verify_pending.pop_front();
+                let (id, _, hash) = st.verify_pending.pop_front().expect("non-empty");
+                verifies.push(match hash {
+                    None => Frame::Verify { id },
+                    Some(hash) => Frame::List { id, hash },
+                });
             }
             (first_seq, ops, flush, verifies)
         };
@@ -538,9 +560,9 @@ fn send_loop(shared: &Shared, mut w: ChannelWriter) {
         if r.is_ok() && flush {
             r = w.write_frame(&Frame::Flush);
         }
-        for id in verifies {
+        for frame in verifies {
             if r.is_ok() {
-                r = w.write_frame(&Frame::Verify { id });
+                r = w.write_frame(&frame);
             }
         }
         let r = r.and_then(|_| w.flush().map_err(FrameError::Io));
@@ -621,7 +643,7 @@ pub struct Receiver {
 enum Work {
     Batch { first_seq: u64, ops: Vec<Op> },
     Flush,
-    Verify { id: u64 },
+    Verify { id: u64, hash: Option<std::collections::HashSet<crate::op::RelPath>> },
 }
 
 impl Receiver {
@@ -745,7 +767,12 @@ impl Receiver {
                     }
                 }
                 Frame::Verify { id } => {
-                    if tx.send(Work::Verify { id }).is_err() {
+                    if tx.send(Work::Verify { id, hash: None }).is_err() {
+                        break Ok(());
+                    }
+                }
+                Frame::List { id, hash } => {
+                    if tx.send(Work::Verify { id, hash: Some(hash.into_iter().collect()) }).is_err() {
                         break Ok(());
                     }
                 }
@@ -837,8 +864,8 @@ fn apply_loop(
                     send(Frame::Ack { seq: stats.last_applied, level: AckLevel::Written })?;
                 }
             }
-            Work::Verify { id } => {
-                let manifest = crate::manifest::build(root).map_err(|e| e.to_string());
+            Work::Verify { id, hash } => {
+                let manifest = crate::manifest::build_with(root, hash.as_ref()).map_err(|e| e.to_string());
                 send(Frame::Manifest { id, manifest })?;
             }
             Work::Flush => {

@@ -282,6 +282,12 @@ impl ZoneLog {
         st.lost = true;
     }
 
+    /// Whether a catch-up can use the log: not lost, and no directory renamed.
+    pub fn usable(&self) -> bool {
+        let st = self.lock();
+        !st.lost && !st.dir_renamed
+    }
+
     /// Whether the log can no longer be trusted (full, or a record could not be written).
     pub fn lost(&self) -> bool {
         self.lock().lost

@@ -389,7 +389,7 @@ impl Inner {
     fn sync_estimate(&self) -> u64 {
         let mut seen = HashSet::new();
         let mut total = 0u64;
-        self.walk_files(&mut |st| {
+        self.walk_files(&mut |_, st| {
             if seen.insert(key_of(st)) {
                 total += (st.st_size.max(0) as u64).min(st.st_blocks.max(0) as u64 * 512)
             }
@@ -402,7 +402,7 @@ impl Inner {
     pub fn catch_up_estimate(&self, log: Option<&crate::zonelog::ZoneLog>) -> super::CatchUpEstimate {
         let mut e = super::CatchUpEstimate::default();
         let mut seen = HashSet::new();
-        self.walk_files(&mut |st| {
+        self.walk_files(&mut |_, st| {
             if !seen.insert(key_of(st)) {
                 return;
             }
@@ -423,8 +423,24 @@ impl Inner {
         e
     }
 
-    /// Calls `f` with the stat of every regular file of the tree (excluded names aside).
-    fn walk_files(&self, f: &mut dyn FnMut(&libc::stat)) {
+    /// The regular files a catch-up trusting `log` will compare by block hash (recorded whole,
+    /// or changed too recently to be vouched for): the secondary hashes only these. Files with
+    /// recorded zones get those zones sent without comparison; the others are not read at all.
+    pub fn files_to_hash(&self, log: &crate::zonelog::ZoneLog) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        self.walk_files(&mut |p, st| {
+            if st.st_nlink == 1 {
+                match log.lookup(key_of(st), super::handlers::ctime_of(st)) {
+                    None | Some(Tracked::Whole) => out.push(p.to_vec()),
+                    Some(Tracked::Ranges(_)) | Some(Tracked::Untouched) => {}
+                }
+            }
+        });
+        out
+    }
+
+    /// Calls `f` with the path and stat of every regular file of the tree (excluded names aside).
+    fn walk_files(&self, f: &mut dyn FnMut(&[u8], &libc::stat)) {
         let mut stack = vec![Vec::new()];
         while let Some(d) = stack.pop() {
             let Ok(c) = cpath(&d) else { continue };
@@ -442,7 +458,7 @@ impl Inner {
                 let Ok(st) = self.stat_path(&p) else { continue };
                 match st.st_mode & libc::S_IFMT {
                     libc::S_IFDIR => stack.push(p),
-                    libc::S_IFREG => f(&st),
+                    libc::S_IFREG => f(&p, &st),
                     _ => {}
                 }
             }
