@@ -215,3 +215,31 @@ open('/srv/web/files/writer-done', 'w').close()
     assert_eq!(sent, 4 * MIB, "the 2 zones of each side: {line}");
     assert_verify_identical(&c, winner);
 }
+
+/// `preferred = "n1"`: after a failover to n2, n1 comes back, catches up, and takes the primary
+/// role back by itself (an automatic swap), with no data copied by the swap.
+#[test]
+fn a_preferred_primary_takes_its_role_back_after_its_catch_up() {
+    let mut c = Cluster::with_dirs("cp", 1, &DEFAULT_TIMERS, &[DIR]);
+    for n in ["n1", "n2"] {
+        c.sh(n, "printf '\\n[failover]\\npreferred = \"n1\"\\n' >> /etc/tandem/modules/web/module.toml");
+    }
+    c.sh("n1", "mkdir -p /srv/web && head -c 8388608 /dev/urandom > /srv/web/data");
+    c.bring_up_replicated();
+    c.lab().kill("n1").unwrap();
+    c.forget_daemon("n1");
+    c.wait_state("n2", 2, Duration::from_secs(15));
+    c.sh("n2", "printf written-on-n2 | dd of=/srv/web/data bs=1 seek=4096 conv=notrunc status=none");
+    c.lab().restart("n1").unwrap();
+    c.start_daemon("n1");
+    // n1 rejoins as secondary, catches up, then takes the role back.
+    c.wait_state("n1", 3, Duration::from_secs(90));
+    c.wait_state("n2", 4, Duration::from_secs(30));
+    let log = c.log("n2");
+    assert!(log.contains("n1 is the preferred primary and has caught up: automatic swap"), "{log}");
+    let (sent, _, _, line) = wait_catch_up(&c, "n2", None);
+    println!("n1's catch-up from n2: {line}");
+    assert_eq!(sent, MIB, "n1's catch-up from n2: the one block n2 changed: {line}");
+    assert_verify_identical(&c, "n1");
+    assert_eq!(c.sh("n1", "dd if=/srv/web/data bs=1 skip=4096 count=13 status=none"), "written-on-n2");
+}
