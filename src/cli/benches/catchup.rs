@@ -47,7 +47,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -284,24 +284,6 @@ fn load_average() -> f64 {
 
 // ---------------------------------------------------------------------------------------------
 // The lab
-
-struct LabGuard {
-    name: String,
-    children: Vec<Child>,
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        if let Err(e) = tandem_lab::down(&self.name) {
-            eprintln!("bench catchup: taking lab {} down: {e}", self.name);
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        reap_orphans();
-    }
-}
 
 fn module_toml() -> String {
     // The lab's timers (pulse 200 ms, timeout 1 s: replication timeout 5 s, zone log margin
@@ -581,7 +563,7 @@ fn one_run(p: &Params, shape: Shape, workdir: &Path, lab_name: &str, run: usize)
     let dir = workdir.join(&tag);
     fs::create_dir_all(&dir)?;
     let _ = tandem_lab::down(lab_name);
-    let mut guard = LabGuard { name: lab_name.to_string(), children: Vec::new() };
+    let mut guard = LabGuard::new("catchup", lab_name);
     let lab = Lab::up(LabSpec::new(lab_name, 2).private_dir(REPL_DIR)).with_context(|| format!("lab {lab_name}"))?;
     let r = measure(p, shape, &lab, &mut guard, &dir, &tag);
     if let Err(e) = &r {

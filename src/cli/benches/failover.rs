@@ -37,7 +37,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitCode, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread;
@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 mod common;
+use common::labcmd::{self, text};
 use common::*;
 use tandem_lab::{Lab, LabSpec};
 
@@ -342,38 +343,11 @@ fn unique_lab_name(prefix: &str) -> String {
     format!("{prefix}-{}", N.fetch_add(1, Ordering::SeqCst))
 }
 
-/// A lab that is taken down when dropped, with the processes the bench started in it.
-struct LabGuard {
-    name: String,
-    children: Vec<Child>,
-}
-
-impl LabGuard {
-    fn new(name: String) -> LabGuard {
-        LabGuard { name, children: Vec::new() }
-    }
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        if let Err(e) = tandem_lab::down(&self.name) {
-            eprintln!("bench failover: taking lab {} down: {e}", self.name);
-        }
-        // Every process of the lab is dead now (cgroup kill); reap our children, then the
-        // orphans (keepalived's VRRP child, hooks) that were reparented to us.
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        reap_orphans();
-    }
-}
-
 fn run_once(ctx: &Ctx, c: &Config, i: usize) -> Result<Sample> {
     let name = unique_lab_name(&ctx.lab_prefix);
     let dir = ctx.workdir.join(format!("{}-run{}", c.name, i + 1));
     fs::create_dir_all(&dir)?;
-    let mut guard = LabGuard::new(name.clone());
+    let mut guard = LabGuard::new("failover", name.clone());
     let lab = Lab::up(LabSpec::new(&name, 2)).with_context(|| format!("building lab {name}"))?;
 
     // The service, on both nodes, before anything else.
@@ -793,59 +767,14 @@ fn has_vip(lab: &Lab, node: &str) -> Result<bool> {
 // ---------------------------------------------------------------------------------------------
 // Commands inside nodes
 
-/// Runs a command in a node with a timeout; returns its output whatever its exit code.
+/// Runs a command in a node with the bench's timeout; returns its output whatever its exit code.
 fn output_in(lab: &Lab, node: &str, argv: &[&str]) -> Result<Output> {
-    let dir = std::env::temp_dir();
-    let tag = format!("tandem-bench-{}-{}", std::process::id(), unique_lab_name("out"));
-    let (out_p, err_p) = (dir.join(format!("{tag}.out")), dir.join(format!("{tag}.err")));
-    let mut child = lab
-        .command(node, argv)?
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_p)?)
-        .stderr(File::create(&err_p)?)
-        .spawn()
-        .with_context(|| format!("running {argv:?} in {node}"))?;
-    let end = Instant::now() + COMMAND_TIMEOUT;
-    let status: ExitStatus = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = fs::remove_file(&out_p);
-            let _ = fs::remove_file(&err_p);
-            bail!("{argv:?} in {node} did not finish within {COMMAND_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    let o =
-        Output { status, stdout: fs::read(&out_p).unwrap_or_default(), stderr: fs::read(&err_p).unwrap_or_default() };
-    let _ = fs::remove_file(&out_p);
-    let _ = fs::remove_file(&err_p);
-    Ok(o)
+    labcmd::output_in(lab, node, argv, COMMAND_TIMEOUT)
 }
 
 /// Like `output_in`, but an exit code outside `ok` is an error.
 fn run_in(lab: &Lab, node: &str, argv: &[&str], ok: &[i32]) -> Result<Output> {
-    let o = output_in(lab, node, argv)?;
-    match o.status.code() {
-        Some(c) if ok.contains(&c) => Ok(o),
-        _ => bail!("{argv:?} in {node}: {}", text(&o)),
-    }
-}
-
-fn text(o: &Output) -> String {
-    let mut s = format!("{}", o.status);
-    let out = String::from_utf8_lossy(&o.stdout);
-    let err = String::from_utf8_lossy(&o.stderr);
-    if !out.trim().is_empty() {
-        let _ = write!(s, "; stdout: {}", out.trim());
-    }
-    if !err.trim().is_empty() {
-        let _ = write!(s, "; stderr: {}", err.trim());
-    }
-    s
+    labcmd::run_in(lab, node, argv, ok, COMMAND_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -41,14 +41,14 @@ use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, ExitCode, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 mod common;
+use common::labcmd::{output_in, run_in, text};
 use common::*;
 use serde_json::Value;
 use tandem_lab::{Lab, LabSpec};
@@ -311,25 +311,6 @@ fn prerequisites() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The lab
 
-/// The lab, taken down when dropped, with the processes the bench started in it.
-struct LabGuard {
-    name: String,
-    children: Vec<Child>,
-}
-
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        if let Err(e) = tandem_lab::down(&self.name) {
-            eprintln!("bench replication: taking lab {} down: {e}", self.name);
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        reap_orphans();
-    }
-}
-
 fn module_toml() -> String {
     // Heartbeat defaults, ack mode `written` (the default), no hooks: only the replication works.
     format!(
@@ -507,7 +488,7 @@ struct Cell {
 
 fn measure_all(p: &Params, dir: &Path, lab_name: &str) -> Result<Report> {
     let _ = tandem_lab::down(lab_name);
-    let mut guard = LabGuard { name: lab_name.to_string(), children: Vec::new() };
+    let mut guard = LabGuard::new("replication", lab_name);
     let lab =
         Lab::up(LabSpec::new(lab_name, 2).private_dir(REPL_DIR)).with_context(|| format!("building lab {lab_name}"))?;
     let t0 = Instant::now();
@@ -863,74 +844,6 @@ fn render(p: &Params, cells: &[((Target, Job), Cell)], rtts: &[f64]) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Commands inside nodes
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}", N.fetch_add(1, Ordering::SeqCst))
-}
-
-/// Runs a command in a node with a timeout; returns its output whatever its exit code.
-fn output_in(lab: &Lab, node: &str, argv: &[&str], timeout: Duration) -> Result<Output> {
-    let dir = std::env::temp_dir();
-    let tag = format!("tandem-bench-r-{}-{}", std::process::id(), unique("out"));
-    let (out_p, err_p) = (dir.join(format!("{tag}.out")), dir.join(format!("{tag}.err")));
-    let spawned = lab
-        .command(node, argv)?
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_p)?)
-        .stderr(File::create(&err_p)?)
-        .spawn()
-        .with_context(|| format!("running {argv:?} in {node}"));
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = fs::remove_file(&out_p);
-            let _ = fs::remove_file(&err_p);
-            return Err(e);
-        }
-    };
-    let end = Instant::now() + timeout;
-    let status: ExitStatus = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = fs::remove_file(&out_p);
-            let _ = fs::remove_file(&err_p);
-            bail!("{argv:?} in {node} did not finish within {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    let o =
-        Output { status, stdout: fs::read(&out_p).unwrap_or_default(), stderr: fs::read(&err_p).unwrap_or_default() };
-    let _ = fs::remove_file(&out_p);
-    let _ = fs::remove_file(&err_p);
-    Ok(o)
-}
-
-/// Like `output_in`, but an exit code outside `ok` is an error.
-fn run_in(lab: &Lab, node: &str, argv: &[&str], ok: &[i32], timeout: Duration) -> Result<Output> {
-    let o = output_in(lab, node, argv, timeout)?;
-    match o.status.code() {
-        Some(c) if ok.contains(&c) => Ok(o),
-        _ => bail!("{argv:?} in {node}: {}", text(&o)),
-    }
-}
-
-fn text(o: &Output) -> String {
-    let mut s = format!("{}", o.status);
-    let out = String::from_utf8_lossy(&o.stdout);
-    let err = String::from_utf8_lossy(&o.stderr);
-    if !out.trim().is_empty() {
-        let _ = write!(s, "; stdout: {}", out.trim().chars().take(2000).collect::<String>());
-    }
-    if !err.trim().is_empty() {
-        let _ = write!(s, "; stderr: {}", err.trim().chars().take(2000).collect::<String>());
-    }
-    s
-}
 
 /// Appends the tails of the run's logs to an error.
 fn with_logs(e: anyhow::Error, dir: &Path) -> anyhow::Error {

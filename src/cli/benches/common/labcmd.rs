@@ -1,6 +1,5 @@
 //! Commands inside lab nodes with a timeout (`labcmd::output_in`, `labcmd::run_in`), and the
-//! text of their output for error messages. Used by the catch-up bench; the older benches keep
-//! their own copies.
+//! text of their output for error messages.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -21,7 +20,7 @@ fn unique(prefix: &str) -> String {
 /// and stderr go through files, so a large output cannot block the child).
 pub fn output_in(lab: &Lab, node: &str, argv: &[&str], timeout: Duration) -> Result<Output> {
     let dir = std::env::temp_dir();
-    let tag = format!("tandem-bench-c-{}-{}", std::process::id(), unique("out"));
+    let tag = format!("tandem-bench-{}-{}", std::process::id(), unique("out"));
     let (out_p, err_p) = (dir.join(format!("{tag}.out")), dir.join(format!("{tag}.err")));
     let spawned = lab
         .command(node, argv)?

@@ -1,5 +1,6 @@
-//! What the lab benches share: root check, orphan reaping, the two-node cluster file and key,
-//! the median. (`benches/common/` is not a bench target of its own.)
+//! What the lab benches share: root check, orphan reaping, the lab guard, the two-node cluster
+//! file and key, the median, commands inside nodes (`labcmd`). (`benches/common/` is not a bench
+//! target of its own.)
 
 #![allow(dead_code)]
 
@@ -8,8 +9,37 @@ use std::io::Read;
 
 use anyhow::{bail, Result};
 
-/// Commands inside lab nodes (added for the catch-up bench).
+/// Commands inside lab nodes, with a timeout.
 pub mod labcmd;
+
+/// A lab that is taken down when dropped, with the processes the bench started in it.
+pub struct LabGuard {
+    /// The bench's name, for messages.
+    pub bench: &'static str,
+    pub name: String,
+    pub children: Vec<std::process::Child>,
+}
+
+impl LabGuard {
+    pub fn new(bench: &'static str, name: impl Into<String>) -> LabGuard {
+        LabGuard { bench, name: name.into(), children: Vec::new() }
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(e) = tandem_lab::down(&self.name) {
+            eprintln!("bench {}: taking lab {} down: {e}", self.bench, self.name);
+        }
+        // Every process of the lab is dead now (cgroup kill); reap our children, then the
+        // orphans (daemons' children, hooks) that were reparented to us.
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        reap_orphans();
+    }
+}
 
 pub mod sys {
     use std::os::raw::{c_int, c_ulong};

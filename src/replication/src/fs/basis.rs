@@ -100,7 +100,7 @@ impl Model {
     /// Whether the secondary's entry `e` may stay in place for the local object of type
     /// `fmt` (`st_mode & S_IFMT`) with `nlink` links: a directory for a directory, a single-link
     /// regular file for one. Anything else is removed and sent again.
-    pub fn keeps(&self, e: &Entry, fmt: u32, nlink: u64) -> bool {
+    pub fn keeps(&self, e: &Entry, fmt: u32, nlink: libc::nlink_t) -> bool {
         self.reuse
             && match (e.kind, fmt) {
                 (Kind::Dir, libc::S_IFDIR) => true,

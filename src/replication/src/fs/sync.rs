@@ -672,9 +672,8 @@ impl Inner {
             m.children(dir)
                 .into_iter()
                 .map(|(n, e)| {
-                    let keep = here
-                        .get(n.as_slice())
-                        .is_some_and(|st| m.keeps(&e, st.st_mode & libc::S_IFMT, u64::from(st.st_nlink)));
+                    let keep =
+                        here.get(n.as_slice()).is_some_and(|st| m.keeps(&e, st.st_mode & libc::S_IFMT, st.st_nlink));
                     (n, e, keep)
                 })
                 .collect()
