@@ -358,12 +358,14 @@ impl Replica {
                 };
                 // The secondary starts its receiver when it joins; give it a moment.
                 let deadline = Instant::now() + timeout.max(Duration::from_secs(5));
+                let mut pause = Duration::from_millis(5);
                 let sender = loop {
                     match Sender::connect(peer_addr, &key, hello.clone(), &expect) {
                         Ok(s) => break Arc::new(s),
                         Err(e) if Instant::now() < deadline => {
                             tracing::debug!("replication connect to {peer_addr}: {e}");
-                            std::thread::sleep(Duration::from_millis(100));
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_millis(100));
                         }
                         Err(e) => return report(format!("cannot connect to {peer_addr}: {e}")),
                     }
@@ -404,7 +406,14 @@ impl Replica {
                     None => sender.verify(Duration::from_secs(3600)),
                 };
                 let manifest = match listing {
-                    Ok(Ok(m)) => m,
+                    Ok(Ok(m)) => {
+                        let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
+                            "the secondary listed its copy ({} entries) in {:.2} s",
+                            m.entries.len(),
+                            started.elapsed().as_secs_f64()
+                        ))));
+                        m
+                    }
                     Ok(Err(e)) => return report(format!("the secondary cannot list its copy: {e}")),
                     Err(e) => return report(format!("the secondary's list of its copy: {e}")),
                 };
@@ -512,7 +521,9 @@ impl Replica {
                     let stream = match listener.accept() {
                         Ok((s, _)) => s,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(50));
+                            // Wakes at once on a connection (a catch-up starts without a polling
+                            // delay), and every 50 ms to see `quit`.
+                            wait_readable(&listener, 50);
                             continue;
                         }
                         Err(e) => {
@@ -711,6 +722,14 @@ pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool, zones: bo
 
 /// The secondary's manifest (paths `<index>/...` under its staging root) split per directory,
 /// with paths relative to each (the directory itself is the empty path).
+/// Waits until `listener` has a connection to accept, or `ms` milliseconds.
+fn wait_readable(listener: &TcpListener, ms: i32) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let _ = unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
 fn split_manifest(
     m: tandem_replication::manifest::Manifest,
     dirs: usize,

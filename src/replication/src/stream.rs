@@ -709,6 +709,10 @@ impl Receiver {
     pub fn run(self) -> Result<ReceiverStats, ReplError> {
         let peer = self.peer();
         let Receiver { mut reader, writer, applier, root, .. } = self;
+        // A catch-up starts by asking for a listing of this copy; walk it now, while the primary
+        // walks its own, so that both cold walks overlap instead of following each other.
+        let warm_root = root.clone();
+        let _ = thread::Builder::new().name("repl-prewarm".into()).spawn(move || crate::manifest::prewarm(&warm_root));
         let sock = reader.shutdown_handle().map_err(|source| ChannelError::Io { peer, source })?;
         let writer = Arc::new(Mutex::new(writer));
         let (tx, rx) = mpsc::sync_channel::<Work>(APPLY_QUEUE);

@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
@@ -426,12 +426,37 @@ impl Inner {
     /// The regular files a catch-up trusting `log` will compare by block hash (recorded whole,
     /// or changed too recently to be vouched for): the secondary hashes only these. Files with
     /// recorded zones get those zones sent without comparison; the others are not read at all.
+    ///
+    /// The recorded zones are also handed to the kernel's readahead (up to 256 MiB), so that they
+    /// come from the disk while the secondary lists its copy rather than after.
     pub fn files_to_hash(&self, log: &crate::zonelog::ZoneLog) -> Vec<Vec<u8>> {
+        const READAHEAD_CAP: u64 = 256 << 20;
         let mut out = Vec::new();
+        let mut ahead = 0u64;
         self.walk_files(&mut |p, st| {
             if st.st_nlink == 1 {
                 match log.lookup(key_of(st), super::handlers::ctime_of(st)) {
                     None | Some(Tracked::Whole) => out.push(p.to_vec()),
+                    Some(Tracked::Ranges(r)) if ahead < READAHEAD_CAP => {
+                        let Ok(c) = cpath(p) else { return };
+                        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME;
+                        let fd = sys::openat(self.dirfd(), &c, flags, 0)
+                            .or_else(|_| sys::openat(self.dirfd(), &c, libc::O_RDONLY | libc::O_NOFOLLOW, 0));
+                        if let Ok(fd) = fd {
+                            for (start, len) in r {
+                                // SAFETY: a plain advice call on an open descriptor.
+                                unsafe {
+                                    libc::posix_fadvise(
+                                        fd.as_raw_fd(),
+                                        start as i64,
+                                        len as i64,
+                                        libc::POSIX_FADV_WILLNEED,
+                                    )
+                                };
+                                ahead += len;
+                            }
+                        }
+                    }
                     Some(Tracked::Ranges(_)) | Some(Tracked::Untouched) => {}
                 }
             }
