@@ -31,7 +31,9 @@
 //!    file of n1's `/srv/web` and of the stale copy must match.
 //!
 //! The page cache is dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`, machine-wide) before each
-//! timed step, so that every configuration starts cold (`BENCH_DROP_CACHES=0` to keep caches).
+//! timed step, so that every configuration starts cold (`BENCH_DROP_CACHES=0` to keep caches);
+//! then the programs timed (tandem's binary and rsync's, and their shared libraries) are read
+//! back, so that neither is timed loading its own code.
 //! Runs: `BENCH_RUNS` (3) of each shape, interleaved (run 1 of each shape, then run 2, ...).
 //!
 //! Environment: `BENCH_RUNS`, `BENCH_SHAPES` (`image,files`), `BENCH_SIZE_MIB` (2048),
@@ -485,8 +487,34 @@ fn drop_caches(p: &Params) -> Result<()> {
             bail!("sync failed");
         }
         fs::write("/proc/sys/vm/drop_caches", "3\n").context("dropping the page cache")?;
+        warm_programs()?;
     }
     Ok(())
+}
+
+/// Reads back the programs timed (tandem's binary, which the daemons run and every `tandem`
+/// command loads, and rsync's) and their shared libraries: the data stays cold, but neither side
+/// is timed loading its own code from the disk.
+fn warm_programs() -> Result<()> {
+    let rsync = which("rsync").ok_or_else(|| anyhow!("rsync not found in PATH"))?;
+    let mut files = vec![TANDEM.to_string(), rsync.clone()];
+    for prog in [TANDEM, rsync.as_str()] {
+        let o = Command::new("ldd").arg(prog).output().context("ldd")?;
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            if let Some(path) = l.split_whitespace().find(|w| w.starts_with('/')) {
+                files.push(path.to_string());
+            }
+        }
+    }
+    for f in files {
+        std::io::copy(&mut File::open(&f).with_context(|| f.clone())?, &mut std::io::sink())?;
+    }
+    Ok(())
+}
+
+fn which(prog: &str) -> Option<String> {
+    std::env::var("PATH").ok()?.split(':').map(|d| format!("{d}/{prog}")).find(|p| Path::new(p).is_file())
 }
 
 /// rsync's "Total bytes sent: 1,234" and "Total bytes received: 56".

@@ -565,9 +565,19 @@ impl<V: VipOps> Driver<V> {
                 }
                 Action::StopReplication => {
                     if let (Some(r), Machine::Mirror(m)) = (self.replica.as_mut(), &self.machine) {
-                        if m.status().state != State::Second {
+                        let st = m.status().state;
+                        if st != State::Second {
+                            let was_receiving = r.is_second();
                             r.leave_second();
                             r.stop_sender();
+                            // A clean stop of a secondary: its copy is made durable before the
+                            // machine persists it clean (p.dirty), so that the primary may trust
+                            // its zone log at the next catch-up.
+                            if was_receiving && st == State::Stop {
+                                if let Err(e) = r.sync_copy() {
+                                    self.log.append("WARN", &format!("syncing the copy at stop: {e}"));
+                                }
+                            }
                         }
                     }
                 }

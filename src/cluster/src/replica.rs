@@ -655,6 +655,20 @@ impl Replica {
         !self.fs.is_empty()
     }
 
+    /// Makes every replicated directory's filesystem durable (`syncfs`): what was applied from
+    /// the page cache survives a power loss from now on.
+    pub fn sync_copy(&self) -> Result<(), String> {
+        for d in &self.spec.dirs {
+            let f = std::fs::File::open(&d.path).map_err(|e| format!("{}: {e}", d.path.display()))?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs on a descriptor we own for the duration of the call.
+            if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+                return Err(format!("{}: syncfs: {}", d.path.display(), std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+
     pub fn leave_second(&mut self) {
         if let Some(side) = self.secondary.take() {
             side.quit.store(true, Ordering::SeqCst);

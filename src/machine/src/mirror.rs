@@ -108,7 +108,9 @@ pub struct MirrorView {
     pub want_full: bool,
     /// A checker with the `wait` action holds this node in WAIT.
     pub held: bool,
-    /// This node crashed while serving: zones it was writing may differ from the peer's.
+    /// This node's copy may differ from the peer's beyond what the histories show (it crashed
+    /// while serving or receiving, and has not caught up since): its next catch-up compares
+    /// every file.
     pub unclean: bool,
 }
 
@@ -123,6 +125,12 @@ pub struct MirrorPersist {
     pub started: bool,
     /// This node was serving and has not stopped cleanly since.
     pub serving: bool,
+    /// This node's copy may differ from the peer's in ways the histories do not show: it was
+    /// receiving (writes acknowledged from the page cache, lost by a power loss) and has not
+    /// stopped cleanly since, or it stopped during a catch-up that had such differences to undo.
+    /// The peer then compares every file at the next catch-up. Absent in older state files.
+    #[serde(default)]
+    pub dirty: bool,
     pub join_seq: u64,
     pub max_seq_seen: u64,
     /// Times of recent recoveries, for the loop limit.
@@ -137,6 +145,7 @@ impl MirrorPersist {
             failover,
             started: false,
             serving: false,
+            dirty: false,
             join_seq: 0,
             max_seq_seen: 0,
             recoveries: Vec::new(),
@@ -219,7 +228,7 @@ impl MirrorMachine {
     /// A machine in STOP, from what was persisted (None on first install).
     pub fn new(policy: MirrorPolicy, persisted: Option<MirrorPersist>) -> Self {
         let p = persisted.unwrap_or_else(|| MirrorPersist::fresh(policy.failover_default));
-        let unclean = p.serving;
+        let unclean = p.serving || p.dirty;
         MirrorMachine {
             policy,
             emitted: p.clone(),
@@ -558,6 +567,8 @@ impl MirrorMachine {
         self.p.history = v.history.clone();
         self.p.freshness = Freshness::Shared;
         self.readiness = Readiness::Ready;
+        // Whatever this copy held of its own is undone: a later crash is judged anew (p.dirty).
+        self.unclean = false;
         self.want_full = false;
         self.want_second = false;
         self.rejoin_after = None;
@@ -814,7 +825,10 @@ impl MirrorMachine {
                 Some(true)
             };
             if verdict == Some(true) && self.state == State::Prim {
-                out.push(log(Level::Warn, format!("lost {peer}: continuing ALONE; changes are tracked for its catch-up")));
+                out.push(log(
+                    Level::Warn,
+                    format!("lost {peer}: continuing ALONE; changes are tracked for its catch-up"),
+                ));
                 self.go_alone_from_prim(out);
             }
             if self.lost_at.is_some() {
@@ -934,8 +948,14 @@ impl MirrorMachine {
             State::Prim => self.p.freshness = Freshness::Shared,
             _ => {}
         }
+        // A clean stop makes a secondary's copy durable (the daemon syncs it before this is
+        // persisted); a copy that was unclean and not caught up yet stays so.
+        self.p.dirty = match self.state {
+            State::Second if self.readiness == Readiness::Ready => false,
+            State::Second => self.unclean,
+            _ => self.p.dirty && self.unclean,
+        };
         self.p.serving = false;
-        self.unclean = false;
         self.p.started = false;
         self.yields = false;
         self.want_prim = false;
@@ -952,6 +972,9 @@ impl MirrorMachine {
         self.p.max_seq_seen = self.p.max_seq_seen.max(id.seq);
         self.p.freshness = Freshness::Latest;
         self.p.serving = true;
+        // Its copy is the reference from now on.
+        self.p.dirty = false;
+        self.unclean = false;
         self.persist(out);
         self.yields = false;
         self.want_prim = false;
@@ -967,6 +990,10 @@ impl MirrorMachine {
     fn join(&mut self, out: &mut Vec<Action>) {
         self.p.join_seq += 1;
         self.p.freshness = Freshness::Inconsistent;
+        // From now on `dirty` says whether this copy can be trusted after a crash; `unclean`
+        // (in memory) keeps what was true before this join until the catch-up completes.
+        self.p.serving = false;
+        self.p.dirty = true;
         self.persist(out);
         self.set_state(State::Second, Readiness::Transient, Cause::Join, out);
     }
