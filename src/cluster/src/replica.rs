@@ -734,8 +734,6 @@ pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool, zones: bo
     )
 }
 
-/// The secondary's manifest (paths `<index>/...` under its staging root) split per directory,
-/// with paths relative to each (the directory itself is the empty path).
 /// Waits until `listener` has a connection to accept, or `ms` milliseconds.
 fn wait_readable(listener: &TcpListener, ms: i32) {
     use std::os::fd::AsRawFd;
@@ -744,6 +742,8 @@ fn wait_readable(listener: &TcpListener, ms: i32) {
     let _ = unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
+/// The secondary's manifest (paths `<index>/...` under its staging root) split per directory,
+/// with paths relative to each (the directory itself is the empty path).
 fn split_manifest(
     m: tandem_replication::manifest::Manifest,
     dirs: usize,
