@@ -445,6 +445,13 @@ impl<V: VipOps> Driver<V> {
             }
         };
         self.execute(actions).await;
+        if let (Machine::Mirror(m), Some(r)) = (&self.machine, self.replica.as_mut()) {
+            let st = m.status();
+            if !self.was_ready_second && st.state == State::Second && st.readiness == tandem_machine::Readiness::Ready {
+                // Caught up: an activity log this node left as primary is done with.
+                r.caught_up();
+            }
+        }
         // Published after the actions: a node that stops serving says so only once its
         // application is stopped and its VIP released, so the peer never takes over too early.
         self.publish();
@@ -558,9 +565,10 @@ impl<V: VipOps> Driver<V> {
                         // The zone log counts only for a peer that left cleanly from this
                         // history; otherwise (a crash, a divergence) every file is compared.
                         let full = matches!(mode, ResyncMode::Full);
-                        let zones = matches!(mode, ResyncMode::Zones { peer_dirty: false, .. });
+                        let zones = matches!(mode, ResyncMode::Zones { .. });
+                        let dirty = matches!(mode, ResyncMode::Zones { peer_dirty: true, .. });
                         self.log.append("INFO", &format!("catch-up of the secondary ({mode})"));
-                        r.peer_joined(join, full, zones);
+                        r.peer_joined(join, full, zones, dirty);
                     }
                 }
                 Action::StopReplication => {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tandem_replication::activity::ActivityLog;
 use tandem_replication::fs::{clean_stale_mounts, MountOptions, OpSink, ReplicatedFs};
 use tandem_replication::op::{dir_prefix, AckLevel, Op};
 use tandem_replication::stream::{Expect, Receiver, Sender, Stopper};
@@ -68,6 +69,9 @@ pub struct ReplicaSpec {
     /// The zone log, kept while this node is primary without an in-sync secondary.
     pub zone_log: PathBuf,
     pub zone_size: u64,
+    /// The activity log, kept while this node is primary with its secondary in sync, and after a
+    /// crash then until this node is caught up as secondary.
+    pub activity_log: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +180,8 @@ pub struct Replica {
     secondary: Option<SecondarySide>,
     /// The zone log, while tracking (primary, no in-sync secondary).
     zones: Option<Arc<ZoneLog>>,
+    /// The activity log, while primary with the secondary in sync.
+    activity: Option<Arc<ActivityLog>>,
     /// The join whose stream is up (or being set up).
     join: Option<u64>,
     /// Bytes checked per second by the last catch-up (for `tandem diff`).
@@ -191,6 +197,7 @@ impl Replica {
             sender_slot: None,
             secondary: None,
             zones: None,
+            activity: None,
             join: None,
             last_rate: Arc::new(Mutex::new(None)),
         }
@@ -221,6 +228,8 @@ impl Replica {
         if !self.fs.is_empty() {
             return Ok(());
         }
+        // An activity log left by a crash: this copy is the reference now, nothing to re-send.
+        let _ = ZoneLog::remove(&self.spec.activity_log);
         for d in &self.spec.dirs {
             let mounted =
                 std::fs::create_dir_all(&d.path).map_err(|e| format!("{}: {e}", d.path.display())).and_then(|()| {
@@ -297,6 +306,61 @@ impl Replica {
         if let Err(e) = ZoneLog::remove(&self.spec.zone_log) {
             let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!("removing the zone log: {e}"))));
         }
+        self.start_activity();
+    }
+
+    /// The secondary is in sync: from now on the zones being written are recorded in the
+    /// activity log first, so that a crash of this node costs its catch-up only those zones.
+    fn start_activity(&mut self) {
+        self.stop_activity(false);
+        let dirs: Result<Vec<_>, _> = self.fs.iter().map(|fs| fs.backing_dir()).collect();
+        // A write is acknowledged by the secondary within the replication timeout, or the stream
+        // breaks: a zone idle for longer (plus a margin) holds nothing the secondary lacks.
+        let window = self.spec.timeout + Duration::from_secs(5);
+        let started = dirs
+            .map_err(|e| e.to_string())
+            .and_then(|d| ActivityLog::start(&self.spec.activity_log, self.spec.zone_size, window, d));
+        match started {
+            Ok(al) => {
+                for fs in &self.fs {
+                    fs.set_activity_log(Some(al.clone()));
+                }
+                self.activity = Some(al);
+            }
+            Err(e) => {
+                let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!(
+                    "activity log unavailable ({e}): after a crash of this node, its catch-up compares every file"
+                ))));
+            }
+        }
+    }
+
+    /// Stops recording into the activity log and removes it: the secondary left (the zone log
+    /// took over), or this node stops being primary. `sync`: make the directories durable first
+    /// (a clean stop: what the secondary acknowledged must not be lost here by a power loss).
+    fn stop_activity(&mut self, sync: bool) {
+        let Some(al) = self.activity.take() else { return };
+        for fs in &self.fs {
+            fs.set_activity_log(None);
+        }
+        if sync {
+            if let Err(e) = al.sync_dirs() {
+                let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!(
+                    "activity log kept: syncing the directories failed ({e})"
+                ))));
+                return;
+            }
+        }
+        if let Err(e) = al.remove() {
+            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!("removing the activity log: {e}"))));
+        }
+    }
+
+    /// This node, secondary, is caught up: an activity log it left as primary is done with.
+    pub fn caught_up(&mut self) {
+        if let Err(e) = ZoneLog::remove(&self.spec.activity_log) {
+            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!("removing the activity log: {e}"))));
+        }
     }
 
     /// Leaving primary (after the application stopped): fence, close the stream, unmount.
@@ -313,6 +377,7 @@ impl Replica {
         }
         self.stop_sender_only();
         self.zones = None;
+        self.stop_activity(true);
         for fs in self.fs.drain(..) {
             let dir = fs.mountpoint().to_owned();
             match Arc::try_unwrap(fs) {
@@ -333,10 +398,15 @@ impl Replica {
     /// the start of the stream, is the basis of a catch-up that removes what it alone holds and
     /// sends only the blocks that differ. `full` (`second --fullsync`, or a secondary that never
     /// held this data): everything it holds is removed and all is sent.
-    pub fn peer_joined(&mut self, join_seq: u64, full: bool, trust_zones: bool) {
+    ///
+    /// `trust_zones`: the secondary left from this history, so the zone log may be trusted;
+    /// `peer_dirty`: it crashed as primary (or during such a catch-up), so only with its own
+    /// activity log, found sound in its listing, whose zones are then sent too; otherwise every
+    /// file is compared.
+    pub fn peer_joined(&mut self, join_seq: u64, full: bool, trust_zones: bool, peer_dirty: bool) {
         self.stop_sender();
         self.join = Some(join_seq);
-        let zones = if trust_zones && !full { self.zones.clone() } else { None };
+        let mut zones = if trust_zones && !full { self.zones.clone() } else { None };
         let last_rate = self.last_rate.clone();
         if self.fs.is_empty() {
             let reason = "not primary: nothing to replicate".to_string();
@@ -405,18 +475,44 @@ impl Replica {
                     }
                     None => sender.verify(Duration::from_secs(3600)),
                 };
-                let manifest = match listing {
+                let note = |m: &tandem_replication::manifest::Manifest| {
+                    let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
+                        "the secondary listed its copy ({} entries) in {:.2} s",
+                        m.entries.len(),
+                        started.elapsed().as_secs_f64()
+                    ))));
+                };
+                let mut manifest = match listing {
                     Ok(Ok(m)) => {
-                        let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
-                            "the secondary listed its copy ({} entries) in {:.2} s",
-                            m.entries.len(),
-                            started.elapsed().as_secs_f64()
-                        ))));
+                        note(&m);
                         m
                     }
                     Ok(Err(e)) => return report(format!("the secondary cannot list its copy: {e}")),
                     Err(e) => return report(format!("the secondary's list of its copy: {e}")),
                 };
+                if zones.is_some() && peer_dirty {
+                    if manifest.activity_log {
+                        let (files, bytes) = suspects(&manifest);
+                        let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
+                            "the secondary's activity log (it crashed as primary) names {files} file(s) that may \
+                             differ here: {bytes} bytes of zones sent with the catch-up"
+                        ))));
+                    } else {
+                        // It crashed with no sound activity log: what it holds is unknown.
+                        let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(
+                            "the secondary has no activity log it can trust: every file is compared".into(),
+                        )));
+                        zones = None;
+                        manifest = match sender.verify(Duration::from_secs(3600)) {
+                            Ok(Ok(m)) => {
+                                note(&m);
+                                m
+                            }
+                            Ok(Err(e)) => return report(format!("the secondary cannot list its copy: {e}")),
+                            Err(e) => return report(format!("the secondary's list of its copy: {e}")),
+                        };
+                    }
+                }
                 let mut bases = split_manifest(manifest, fss.len());
                 for (i, fs) in fss.iter().enumerate() {
                     let entries = std::mem::take(&mut bases[i]);
@@ -478,6 +574,8 @@ impl Replica {
         self.stop_sender_only();
         if !self.fs.is_empty() {
             self.start_tracking(false);
+            // The zone log records from here (with its margin for what was in flight).
+            self.stop_activity(false);
         }
     }
 
@@ -514,6 +612,14 @@ impl Replica {
         let (quit2, stopper2, tx) = (quit.clone(), stopper.clone(), self.tx.clone());
         let (hello, expect) = spec.greeting(join_seq);
         let (key, root) = (spec.key.clone(), spec.staging.clone());
+        // What this node may hold differently, if it crashed as primary: named in its listings.
+        let activity = ActivityLog::read(&spec.activity_log).map(Arc::new);
+        if let Some(a) = &activity {
+            let zones: usize = a.files.len();
+            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!(
+                "activity log from before a crash: {zones} file(s) with zones that may differ from the primary's"
+            ))));
+        }
         std::thread::Builder::new()
             .name(format!("repl-recv-{}", spec.module))
             .spawn(move || {
@@ -534,7 +640,7 @@ impl Replica {
                     };
                     let _ = stream.set_nonblocking(false);
                     let receiver = match Receiver::handshake(stream, &key, &root, hello.clone(), &expect) {
-                        Ok(r) => r,
+                        Ok(r) => r.with_activity(activity.clone()),
                         // A stranger or a stale primary: refused and logged; keep listening.
                         Err(e) => {
                             tracing::warn!("replication connection refused: {e}");
@@ -602,8 +708,11 @@ impl Replica {
                 .map_err(|e| format!("secondary's manifest: {e}"))?;
             // The secondary's root is its staging directory, not replicated data.
             remote.entries.remove(&tandem_replication::op::RelPath(Vec::new()));
-            let mut local =
-                tandem_replication::manifest::Manifest { block_size: remote.block_size, entries: Default::default() };
+            let mut local = tandem_replication::manifest::Manifest {
+                block_size: remote.block_size,
+                entries: Default::default(),
+                activity_log: false,
+            };
             for (i, (dir, exclusions)) in dirs.iter().enumerate() {
                 let m = tandem_replication::manifest::build(dir)
                     .map_err(|e| format!("primary's manifest of {}: {e}", dir.display()))?;
@@ -734,6 +843,18 @@ pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool, zones: bo
     )
 }
 
+/// Files of a listing its activity log names, and their bytes to re-send (a whole file: its size).
+fn suspects(m: &tandem_replication::manifest::Manifest) -> (usize, u64) {
+    use tandem_replication::manifest::Suspect;
+    m.entries.values().fold((0, 0), |(n, b), e| match &e.suspect {
+        None => (n, b),
+        Some(Suspect::Whole) => (n + 1, b + e.size),
+        Some(Suspect::Ranges(r)) => {
+            (n + 1, b + r.iter().map(|(s, l)| (s + l).min(e.size).saturating_sub(*s)).sum::<u64>())
+        }
+    })
+}
+
 /// Waits until `listener` has a connection to accept, or `ms` milliseconds.
 fn wait_readable(listener: &TcpListener, ms: i32) {
     use std::os::fd::AsRawFd;
@@ -839,6 +960,7 @@ mod tests {
                 .iter()
                 .map(|p| (RelPath(p.as_bytes().to_vec()), e.clone()))
                 .collect(),
+            activity_log: false,
         };
         let parts = split_manifest(m, 2);
         let keys =

@@ -271,6 +271,12 @@ impl ReplicatedFs {
         &self.mountpoint
     }
 
+    /// The replicated directory itself (under the mount), open anew: its filesystem's identity
+    /// and `syncfs`.
+    pub fn backing_dir(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.inner.dirfd().try_clone_to_owned()
+    }
+
     /// Attaches (PRIM) or detaches (ALONE) the replication stream. Takes effect between two
     /// ops: no op is half-way between applied and submitted at that moment.
     pub fn set_sink(&self, sink: Option<Arc<dyn OpSink>>) {
@@ -345,6 +351,12 @@ impl ReplicatedFs {
     /// the mount is recorded in it first (see [`crate::zonelog`]).
     pub fn set_zone_log(&self, log: Option<Arc<crate::zonelog::ZoneLog>>) {
         self.inner.set_zone_log(log);
+    }
+
+    /// Installs (or removes) the activity log: while the secondary is in sync, every write that
+    /// reaches a file through the mount is recorded in it first (see [`crate::activity`]).
+    pub fn set_activity_log(&self, log: Option<Arc<crate::activity::ActivityLog>>) {
+        self.inner.set_activity_log(log);
     }
 
     /// Installs the change-tracking hook (see [`ChangeObserver`]).

@@ -6,8 +6,10 @@
 //! - `fs`: the primary's FUSE layer over the replicated directory, with the full synchronisation;
 //! - `apply`: the secondary's applier;
 //! - `manifest`: per-file, per-block blake3 manifests and their differences (verify);
-//! - `zonelog`: the durable log of the zones changed while no secondary is in sync.
+//! - `zonelog`: the durable log of the zones changed while no secondary is in sync;
+//! - `activity`: the durable log of the zones a primary with its secondary in sync is writing.
 
+pub mod activity;
 pub mod apply;
 pub mod channel;
 pub mod frame;

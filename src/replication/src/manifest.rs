@@ -15,6 +15,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags, SeekFrom};
@@ -78,6 +79,10 @@ pub struct Entry {
     pub blocks: Vec<Hash>,
     /// Regular files: blake3 of the whole content.
     pub hash: Option<Hash>,
+    /// What this copy's activity log says may differ from the peer's (a listing after a crash
+    /// as primary: [`build_listing`]).
+    #[serde(default)]
+    pub suspect: Option<Suspect>,
 }
 
 impl Entry {
@@ -98,6 +103,7 @@ impl Entry {
             link_group: None,
             blocks: Vec::new(),
             hash: None,
+            suspect: None,
         }
     }
 }
@@ -106,6 +112,18 @@ impl Entry {
 pub struct Manifest {
     pub block_size: u64,
     pub entries: BTreeMap<RelPath, Entry>,
+    /// A catch-up's listing by a node back from a crash as primary: its activity log was found
+    /// sound, and the files it names carry `Entry::suspect` (see activity.rs).
+    #[serde(default)]
+    pub activity_log: bool,
+}
+
+/// A file this copy may hold differently from the peer's (its activity log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Suspect {
+    Whole,
+    /// Byte ranges (zone-aligned).
+    Ranges(Vec<(u64, u64)>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +192,44 @@ pub fn build_with(root: &Path, hash: Option<&std::collections::HashSet<RelPath>>
             }
         }
     }
-    Ok(Manifest { block_size: BLOCK_SIZE, entries: w.entries })
+    Ok(Manifest { block_size: BLOCK_SIZE, entries: w.entries, activity_log: false })
+}
+
+/// As [`build_with`], and with the files `log` (an activity log left by a crash) names, by path
+/// (`Manifest::activity`). The log counts only if every directory it recorded is still the same
+/// (st_dev, st_ino) at `root/<index>`: inode numbers mean nothing on another filesystem.
+pub fn build_listing(
+    root: &Path,
+    hash: Option<&std::collections::HashSet<RelPath>>,
+    log: Option<&crate::activity::Recorded>,
+) -> Result<Manifest, ManifestError> {
+    let mut m = build_with(root, hash)?;
+    let Some(log) = log else { return Ok(m) };
+    let same_roots = !log.roots.is_empty()
+        && log
+            .roots
+            .iter()
+            .all(|(i, key)| rfs::stat(root.join(i.to_string())).is_ok_and(|st| (st.st_dev, st.st_ino) == *key));
+    if !same_roots {
+        tracing::warn!(root = %root.display(), "activity log not used: a replicated directory is not the one it recorded");
+        return Ok(m);
+    }
+    for (rel, e) in m.entries.iter_mut() {
+        if e.kind != Kind::File {
+            continue;
+        }
+        let Ok(st) = rfs::statat(rfs::CWD, root.join(std::ffi::OsStr::from_bytes(&rel.0)), AtFlags::SYMLINK_NOFOLLOW)
+        else {
+            continue;
+        };
+        e.suspect = match log.files.get(&(st.st_dev, st.st_ino)) {
+            Some(crate::zonelog::Tracked::Whole) => Some(Suspect::Whole),
+            Some(crate::zonelog::Tracked::Ranges(r)) => Some(Suspect::Ranges(r.clone())),
+            _ => None,
+        };
+    }
+    m.activity_log = true;
+    Ok(m)
 }
 
 struct Walker<'a> {
@@ -275,6 +330,7 @@ impl Walker<'_> {
             link_group: None,
             blocks,
             hash,
+            suspect: None,
         })
     }
 }
@@ -595,5 +651,50 @@ fn entry_diff(path: &RelPath, a: &Entry, b: &Entry, o: &DiffOptions, out: &mut V
     }
     if a.link_group != b.link_group {
         out.push(Difference::HardLinks { path: p(), a: a.link_group.clone(), b: b.link_group.clone() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::Recorded;
+    use crate::zonelog::Tracked;
+    use std::os::unix::fs::MetadataExt;
+
+    fn key(p: &Path) -> (u64, u64) {
+        let m = std::fs::metadata(p).unwrap();
+        (m.dev(), m.ino())
+    }
+
+    #[test]
+    fn a_listing_names_what_the_activity_log_recorded_by_path() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("0");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for f in ["a", "b", "sub/c"] {
+            std::fs::write(dir.join(f), b"data").unwrap();
+        }
+        let mut files = HashMap::new();
+        files.insert(key(&dir.join("a")), Tracked::Ranges(vec![(0, 1 << 20)]));
+        files.insert(key(&dir.join("sub/c")), Tracked::Whole);
+        files.insert((1, 1), Tracked::Whole); // a file gone since: nothing to name
+        let log = Recorded { roots: vec![(0, key(&dir))], files };
+        let m = build_listing(d.path(), None, Some(&log)).unwrap();
+        assert!(m.activity_log);
+        let suspect = |p: &str| m.entries[&RelPath(p.as_bytes().to_vec())].suspect.clone();
+        assert_eq!(suspect("0/a"), Some(Suspect::Ranges(vec![(0, 1 << 20)])));
+        assert_eq!(suspect("0/sub/c"), Some(Suspect::Whole));
+        assert_eq!(suspect("0/b"), None);
+        assert_eq!(m.entries.values().filter(|e| e.suspect.is_some()).count(), 2);
+
+        // The directory is not the one the log recorded (another filesystem, a renumbered
+        // device): inode numbers mean nothing, the log is not used.
+        let moved = Recorded { roots: vec![(0, (key(&dir).0, key(&dir).1 + 1))], files: log.files.clone() };
+        let m = build_listing(d.path(), None, Some(&moved)).unwrap();
+        assert!(!m.activity_log);
+        assert!(m.entries.values().all(|e| e.suspect.is_none()));
+        // No roots at all: not used either.
+        let m = build_listing(d.path(), None, Some(&Recorded { roots: vec![], files: log.files })).unwrap();
+        assert!(!m.activity_log);
     }
 }

@@ -638,6 +638,8 @@ pub struct Receiver {
     peer_hello: Hello,
     /// The replica root, for the manifests `Verify` asks for.
     root: std::path::PathBuf,
+    /// The activity log this node left when it crashed as primary, named in its listings.
+    activity: Option<Arc<crate::activity::Recorded>>,
 }
 
 enum Work {
@@ -689,11 +691,18 @@ impl Receiver {
             }
         };
         tracing::info!(%peer, node = %peer_hello.from, root = %root.display(), "replication stream accepted");
-        Ok(Receiver { reader, writer, applier, peer_hello, root: root.to_path_buf() })
+        Ok(Receiver { reader, writer, applier, peer_hello, root: root.to_path_buf(), activity: None })
     }
 
     pub fn peer(&self) -> SocketAddr {
         self.reader.peer()
+    }
+
+    /// Names what `log` (this node's activity log, left by a crash as primary) records in the
+    /// listings of this stream (see [`crate::manifest::build_listing`]).
+    pub fn with_activity(mut self, log: Option<Arc<crate::activity::Recorded>>) -> Receiver {
+        self.activity = log;
+        self
     }
 
     pub fn peer_hello(&self) -> &Hello {
@@ -708,7 +717,7 @@ impl Receiver {
     /// goes wrong (`Err`, logged; the connection is closed and the rest is never applied).
     pub fn run(self) -> Result<ReceiverStats, ReplError> {
         let peer = self.peer();
-        let Receiver { mut reader, writer, applier, root, .. } = self;
+        let Receiver { mut reader, writer, applier, root, activity, .. } = self;
         // A catch-up starts by asking for a listing of this copy; walk it now, while the primary
         // walks its own, so that both cold walks overlap instead of following each other.
         let warm_root = root.clone();
@@ -721,7 +730,7 @@ impl Receiver {
         let applier_thread = thread::Builder::new()
             .name("repl-apply".into())
             .spawn(move || {
-                let r = apply_loop(peer, applier, &root, rx, &w2);
+                let r = apply_loop(peer, applier, &root, activity.as_deref(), rx, &w2);
                 if r.is_err() {
                     // Stop the reader too: nothing more will be applied.
                     let _ = sock2.shutdown(Shutdown::Both);
@@ -830,6 +839,7 @@ fn apply_loop(
     peer: SocketAddr,
     mut applier: Applier,
     root: &Path,
+    activity: Option<&crate::activity::Recorded>,
     rx: mpsc::Receiver<Work>,
     writer: &Mutex<ChannelWriter>,
 ) -> Result<ReceiverStats, ReplError> {
@@ -869,7 +879,7 @@ fn apply_loop(
                 }
             }
             Work::Verify { id, hash } => {
-                let manifest = crate::manifest::build_with(root, hash.as_ref()).map_err(|e| e.to_string());
+                let manifest = crate::manifest::build_listing(root, hash.as_ref(), activity).map_err(|e| e.to_string());
                 send(Frame::Manifest { id, manifest })?;
             }
             Work::Flush => {

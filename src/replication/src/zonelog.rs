@@ -42,6 +42,9 @@ const ZONE: u8 = 1;
 const WHOLE: u8 = 2;
 const DIR_RENAMED: u8 = 3;
 const LOST: u8 = 4;
+/// The (st_dev, st_ino) of a replicated directory (its index in the zone field): an activity log
+/// names files by inode, valid only on the same filesystem (see activity.rs).
+const ROOT: u8 = 5;
 
 /// What the log says of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +81,7 @@ struct State {
     files: HashMap<(u64, u64), FileState>,
     dir_renamed: bool,
     lost: bool,
+    roots: Vec<(u32, (u64, u64))>,
 }
 
 pub struct ZoneLog {
@@ -163,37 +167,81 @@ impl ZoneLog {
             // Torn at creation (the header never became durable): nothing was recorded in it,
             // and no write was let through before its header was durable; start again.
         }
+        ZoneLog::create(path, zone_size.trailing_zeros(), margin, &[])
+    }
+
+    /// A new log at `path` holding `records`, tracking from now: written under another name,
+    /// synced and renamed over `path`, so that `path` always holds a whole log, the old or the new.
+    fn create(path: &Path, shift: u32, margin: Duration, records: &[[u8; 32]]) -> Result<ZoneLog, ZoneLogError> {
+        let io = |what| move |source| ZoneLogError::Io { path: path.to_owned(), what, source };
         let started = SystemTime::now();
-        let shift = zone_size.trailing_zeros();
         let tmp = path.with_extension("new");
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(io("creating"))?;
-        file.write_all_at(&vec![0u8; (HEADER + GROWTH) as usize], 0).map_err(io("zeroing"))?;
-        file.write_all_at(&header(shift, started), 0).map_err(io("writing the header"))?;
+        let capacity = HEADER + (records.len() as u64 * RECORD + 1).div_ceil(GROWTH) * GROWTH;
+        let mut bytes = vec![0u8; capacity as usize];
+        bytes[..40].copy_from_slice(&header(shift, started));
+        for (i, r) in records.iter().enumerate() {
+            let at = (HEADER + i as u64 * RECORD) as usize;
+            bytes[at..at + RECORD as usize].copy_from_slice(r);
+        }
+        file.write_all_at(&bytes, 0).map_err(io("writing"))?;
         file.sync_all().map_err(io("syncing"))?;
         std::fs::rename(&tmp, path).map_err(io("renaming"))?;
         if let Some(dir) = path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing its directory"))?;
         }
-        Ok(ZoneLog {
-            path: path.to_owned(),
-            zone_shift: shift,
-            started,
-            margin,
-            state: Mutex::new(State {
-                file,
-                records: 0,
-                capacity: HEADER + GROWTH,
-                files: HashMap::new(),
-                dir_renamed: false,
-                lost: false,
-            }),
-        })
+        ZoneLog::load(path, file, shift, started, margin).map_err(io("reading"))
+    }
+
+    /// Opens the log at `path` if it is there and sound, without creating anything.
+    pub fn open_existing(path: &Path) -> io::Result<Option<ZoneLog>> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut h = [0u8; 40];
+        if file.read_exact_at(&mut h, 0).is_err() {
+            return Ok(None);
+        }
+        match parse_header(&h) {
+            Some((shift, started)) => ZoneLog::load(path, file, shift, started, Duration::ZERO).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the log with a new one (same zone size, tracking from now) holding only the
+    /// roots, the whole files and the zones `keep` accepts: see [`ZoneLog::create`].
+    pub fn rewrite(&self, keep: impl Fn((u64, u64), Option<u32>) -> bool) -> Result<ZoneLog, ZoneLogError> {
+        let st = self.lock();
+        let mut records: Vec<[u8; 32]> = st.roots.iter().map(|(i, k)| record(ROOT, *i, *k)).collect();
+        for (key, f) in &st.files {
+            match f {
+                FileState::Whole if keep(*key, None) => records.push(record(WHOLE, 0, *key)),
+                FileState::Whole => {}
+                FileState::Zones(z) => {
+                    records.extend(z.iter().filter(|n| keep(*key, Some(**n))).map(|n| record(ZONE, *n, *key)))
+                }
+            }
+        }
+        if st.lost {
+            records.push(record(LOST, 0, (0, 0)));
+        }
+        ZoneLog::create(&self.path, self.zone_shift, self.margin, &records)
     }
 
     fn load(path: &Path, file: File, zone_shift: u32, started: SystemTime, margin: Duration) -> io::Result<ZoneLog> {
         let capacity = file.metadata()?.len();
-        let mut st = State { file, records: 0, capacity, files: HashMap::new(), dir_renamed: false, lost: false };
+        let mut st = State {
+            file,
+            records: 0,
+            capacity,
+            files: HashMap::new(),
+            dir_renamed: false,
+            lost: false,
+            roots: Vec::new(),
+        };
         let mut buf = vec![0u8; (GROWTH as usize).min(1 << 20)];
         let mut off = HEADER;
         let mut torn = false;
@@ -225,6 +273,7 @@ impl ZoneLog {
                     }
                     DIR_RENAMED => st.dir_renamed = true,
                     LOST => st.lost = true,
+                    ROOT => st.roots.push((zone, key)),
                     _ => {
                         torn = true;
                         break 'read;
@@ -400,6 +449,38 @@ impl ZoneLog {
             self.append(&mut st, &[record(DIR_RENAMED, 0, (0, 0))]);
             st.dir_renamed = true;
         }
+    }
+
+    /// Records the (st_dev, st_ino) of replicated directory `index`, durably.
+    pub fn record_root(&self, index: u32, key: (u64, u64)) {
+        let mut st = self.lock();
+        self.append(&mut st, &[record(ROOT, index, key)]);
+        if !st.lost {
+            st.roots.push((index, key));
+        }
+    }
+
+    /// The replicated directories recorded by [`ZoneLog::record_root`].
+    pub fn roots(&self) -> Vec<(u32, (u64, u64))> {
+        self.lock().roots.clone()
+    }
+
+    /// Marks the file `key` whole, recorded or not, durably (unless it already is).
+    pub fn mark_whole(&self, key: (u64, u64)) {
+        let mut st = self.lock();
+        if !matches!(st.files.get(&key), Some(FileState::Whole)) {
+            self.append(&mut st, &[record(WHOLE, 0, key)]);
+            if !st.lost {
+                st.files.insert(key, FileState::Whole);
+            }
+        }
+    }
+
+    /// Every file recorded, with what is recorded of it (`Whole`, or its zones as ranges).
+    pub fn recorded(&self) -> HashMap<(u64, u64), Tracked> {
+        let keys: Vec<(u64, u64)> = self.lock().files.keys().copied().collect();
+        // No ctime check: every key here is recorded, so `lookup` never looks at it.
+        keys.into_iter().filter_map(|k| self.lookup(k, UNIX_EPOCH).map(|t| (k, t))).collect()
     }
 
     /// What changed in the file `key`, whose ctime is `ctime` now. `None`: the log cannot tell

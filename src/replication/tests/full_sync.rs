@@ -765,6 +765,55 @@ fn a_zone_catch_up_reads_only_the_recorded_zones() {
     assert_eq!(result.matched, small("d4/f4"), "{result:?}");
 }
 
+/// A crashed primary back as secondary: the zones its activity log names are sent with the zone
+/// catch-up, even where the primary's zone log saw nothing (those writes never reached it, or
+/// were lost from the crashed node's page cache), and a file it names whole is sent whole.
+#[test]
+fn a_zone_catch_up_also_sends_what_the_secondarys_activity_log_names() {
+    if !fuse_available() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    use tandem_replication::manifest::Suspect;
+    use tandem_replication::op::RelPath;
+    let a = area();
+    let p = a.primary.clone();
+    let mut rng = Rng(7);
+    make_race_tree(&p, &mut rng);
+    fs::remove_dir(&a.replica).unwrap();
+    copy_tree(&p, &a.replica);
+    std::thread::sleep(Duration::from_millis(20));
+    let log = Arc::new(ZoneLog::open_with_margin(&a._tmp.path().join("zones"), 1 << 20, Duration::ZERO).unwrap());
+    let fsys = ReplicatedFs::mount(&p, MountOptions::new("activity"), None).unwrap();
+    fsys.set_zone_log(Some(log.clone()));
+    // The primary changes one zone of the image.
+    OpenOptions::new().write(true).open(p.join("big")).unwrap().write_all_at(b"one", (5 << 20) + 10).unwrap();
+    // The replica holds changes the primary never had, size and mtime kept: what a crash of the
+    // node as primary leaves.
+    for (f, off) in [("big", (30 << 20) + 7), ("d5/f5", 3)] {
+        let path = a.replica.join(f);
+        let md = fs::metadata(&path).unwrap();
+        OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"lost", off).unwrap();
+        set_mtime(&path, md.mtime(), md.mtime_nsec());
+    }
+    let sink = RecordingSink::new();
+    fsys.attach_empty_secondary(sink.clone());
+    let mut entries = basis_of(&a.replica, &fsys, Some(&log));
+    // What its activity log says, as `manifest::build_listing` puts it in the listing.
+    entries.get_mut(&RelPath(b"big".to_vec())).unwrap().suspect = Some(Suspect::Ranges(vec![(30 << 20, 1 << 20)]));
+    entries.get_mut(&RelPath(b"d5/f5".to_vec())).unwrap().suspect = Some(Suspect::Whole);
+    fsys.set_basis(Basis { entries, reuse: true, zones: Some(log.clone()) }).unwrap();
+    let result = fsys.full_sync(&mut |_| {}).unwrap();
+    drop(fsys);
+    replay(&sink.take(), &a.replica);
+    let options = DiffOptions { file_mtime: true, dir_mtime: false, allocated: false };
+    assert_identical(&p, &a.replica, &[], &options);
+    let f5 = fs::metadata(p.join("d5/f5")).unwrap().len();
+    assert_eq!(result.bytes, (2 << 20) + f5, "the primary's zone, the named zone, the file named whole: {result:?}");
+    let total: u64 = walk_files(&p).iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(result.unread, total - (2 << 20) - f5, "nothing else read: {result:?}");
+}
+
 /// The replica's manifest as the daemon asks for it: with a usable zone log, block hashes only for
 /// the files the catch-up will compare.
 fn basis_of(

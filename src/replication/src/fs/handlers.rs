@@ -86,6 +86,9 @@ pub struct Inner {
     /// While no secondary is in sync: the durable log of the zones changed (zonelog.rs). Its
     /// hooks run under the order lock, before the change reaches the file.
     zone_log: RwLock<Option<Arc<crate::zonelog::ZoneLog>>>,
+    /// While the secondary is in sync: the durable log of the zones being written (activity.rs),
+    /// hooked like the zone log.
+    activity: RwLock<Option<Arc<crate::activity::ActivityLog>>>,
     /// Bytes per second for the sync's own traffic (0: no limit).
     pub(super) resync_bandwidth: AtomicU64,
     exclusions: Exclusions,
@@ -252,6 +255,7 @@ impl Inner {
             sync_generation: AtomicU64::new(0),
             observer: RwLock::new(None),
             zone_log: RwLock::new(None),
+            activity: RwLock::new(None),
             resync_bandwidth: AtomicU64::new(0),
             exclusions,
             completions,
@@ -321,7 +325,7 @@ impl Inner {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn dirfd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(crate) fn dirfd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.root.as_fd()
     }
 
@@ -362,6 +366,31 @@ impl Inner {
         self.zone_log.read().ok().and_then(|l| l.clone())
     }
 
+    pub fn set_activity_log(&self, log: Option<Arc<crate::activity::ActivityLog>>) {
+        let _g = self.order();
+        if let Ok(mut l) = self.activity.write() {
+            *l = log;
+        }
+    }
+
+    fn activity(&self) -> Option<Arc<crate::activity::ActivityLog>> {
+        self.activity.read().ok().and_then(|l| l.clone())
+    }
+
+    /// Activity log hook: before a truncation or fallocate of the regular file at `p` (or open
+    /// as `fd`): all of it is active.
+    fn activity_whole(&self, fd: Option<&OwnedFd>, p: Option<&[u8]>) {
+        let Some(al) = self.activity() else { return };
+        let st = match (fd, p) {
+            (Some(fd), _) => sys::fstat(fd.as_fd()).ok(),
+            (None, Some(p)) => self.stat_path(p).ok(),
+            _ => None,
+        };
+        if let Some(st) = st.filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+            al.before_whole_change(key_of(&st));
+        }
+    }
+
     /// Zone log hook: before a change that may make the recorded zones of the regular file at
     /// `p` stand for other data (or, for a directory, before it moves).
     fn log_identity_change(&self, p: &[u8]) {
@@ -377,9 +406,17 @@ impl Inner {
 
     /// Zone log hook: before a write into the file open as `fd`.
     fn log_write(&self, fd: &OwnedFd, offset: u64, len: u64) {
-        let Some(log) = self.zone_log() else { return };
+        let (log, al) = (self.zone_log(), self.activity());
+        if log.is_none() && al.is_none() {
+            return;
+        }
         if let Ok(st) = sys::fstat(fd.as_fd()) {
-            log.before_write(key_of(&st), offset, len, ctime_of(&st));
+            if let Some(log) = log {
+                log.before_write(key_of(&st), offset, len, ctime_of(&st));
+            }
+            if let Some(al) = al {
+                al.before_write(key_of(&st), offset, len);
+            }
         }
     }
 
@@ -723,6 +760,7 @@ impl Inner {
             }
         }
         if let Some(size) = size {
+            self.activity_whole(file.as_ref().map(|f| &f.fd), path.as_deref());
             if let Some(log) = self.zone_log() {
                 let st = match (&file, &path) {
                     (Some(f), _) => sys::fstat(f.fd.as_fd()).ok(),
@@ -960,6 +998,7 @@ impl Inner {
         if truncates {
             if let Some(p) = &path {
                 self.log_identity_change(p);
+                self.activity_whole(None, Some(p));
             }
         }
         let fd = match &path {
@@ -1016,6 +1055,7 @@ impl Inner {
         let lflags = local_open_flags(flags);
         if flags & libc::O_TRUNC != 0 && !exclusive {
             self.log_identity_change(&p);
+            self.activity_whole(None, Some(&p));
         }
         // Find out whether we create the file or open an existing one (another opener may have
         // won a race): only a new file gets the caller's owner, and the op differs.
@@ -1158,6 +1198,7 @@ impl Inner {
                 log.before_identity_change(key_of(&st));
             }
         }
+        self.activity_whole(Some(&file.fd), None);
         sys::fallocate(file.fd.as_fd(), mode, offset, len)?;
         file.wrote.store(true, Ordering::Relaxed);
         let mut last = None;

@@ -22,7 +22,7 @@ use super::handlers::{join, key_of, rel, time_set, Inner, Pending};
 use super::inodes::Key;
 use super::sys::{self, cpath, Errno};
 use super::{Basis, FsError, OpSink, SyncProgress};
-use crate::manifest::{Entry, Hash, Kind};
+use crate::manifest::{Entry, Hash, Kind, Suspect};
 use crate::op::{AckLevel, Handle, Op, TimeSet};
 use crate::zonelog::Tracked;
 
@@ -234,6 +234,21 @@ fn is_hole(fd: &OwnedFd, off: u64, len: u64) -> bool {
 }
 
 /// Errors that mean the object went away meanwhile (the application removed or renamed it).
+/// The union of two sorted lists of (start, length) ranges, sorted and merged.
+fn merge_ranges(a: Vec<(u64, u64)>, b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut all = a;
+    all.extend_from_slice(b);
+    all.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (start, len) in all {
+        match out.last_mut() {
+            Some(last) if start <= last.0 + last.1 => last.1 = last.1.max(start + len - last.0),
+            _ => out.push((start, len)),
+        }
+    }
+    out
+}
+
 fn vanished(e: Errno) -> bool {
     matches!(e.0, libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
 }
@@ -662,6 +677,18 @@ impl Inner {
     /// copy `old` the secondary kept. An unrecorded file counts as unchanged only if its size and
     /// mtime are still those of the secondary's copy.
     fn plan(&self, st: &libc::stat, old: &Entry) -> Plan {
+        let ours = self.plan_by_log(st, old);
+        // What the secondary's activity log says it may hold differently (it crashed as
+        // primary): those zones are sent too.
+        match (&old.suspect, ours) {
+            (None, plan) => plan,
+            (Some(Suspect::Whole), _) | (_, Plan::Compare) => Plan::Compare,
+            (Some(Suspect::Ranges(theirs)), Plan::Unchanged) => Plan::Ranges(theirs.clone()),
+            (Some(Suspect::Ranges(theirs)), Plan::Ranges(mine)) => Plan::Ranges(merge_ranges(mine, theirs)),
+        }
+    }
+
+    fn plan_by_log(&self, st: &libc::stat, old: &Entry) -> Plan {
         let log = self.sync_state().as_ref().and_then(|s| s.zones.clone());
         let Some(log) = log else { return Plan::Compare };
         match log.lookup(key_of(st), super::handlers::ctime_of(st)) {
@@ -1014,5 +1041,22 @@ impl Inner {
             }
         }
         flow.note(last, OBJECT_COST)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_ranges;
+
+    #[test]
+    fn ranges_merge_into_a_sorted_union() {
+        const M: u64 = 1 << 20;
+        assert_eq!(merge_ranges(vec![(0, M), (5 * M, M)], &[]), vec![(0, M), (5 * M, M)]);
+        assert_eq!(merge_ranges(vec![], &[(2 * M, M)]), vec![(2 * M, M)]);
+        // Adjacent and overlapping ranges join; a contained one disappears.
+        assert_eq!(
+            merge_ranges(vec![(0, M), (5 * M, M)], &[(M, M), (4 * M, 3 * M), (5 * M, M / 2)]),
+            vec![(0, 2 * M), (4 * M, 3 * M)]
+        );
     }
 }

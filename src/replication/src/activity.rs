@@ -1,0 +1,281 @@
+//! The activity log of a primary with its secondary in sync (DRBD's activity log, per file): the
+//! zones this node may hold differently from its peer if it crashes now, kept durable so that,
+//! when it comes back as the peer's secondary, its catch-up re-sends those zones instead of
+//! comparing every file. See docs/replication.md, "Activity log".
+//!
+//! A zone can differ after a crash in two ways: a write reached this node's file but not the peer
+//! (its acknowledgement was still awaited), or a write acknowledged by the peer was still in this
+//! node's page cache and is lost with it (its mtime may have reached the disk: ext4 commits
+//! metadata before overwritten data). So a zone is recorded (a 32-byte record, `fdatasync`ed, in
+//! the zone log's format) before the first write into it, and leaves the log only once
+//! - nothing was written into it for the window (the replication timeout + 5 s: every write
+//!   before that was acknowledged by the peer, or the stream broke and this node went ALONE), and
+//! - the directory's filesystem was synced (`syncfs`) after that last write.
+//!
+//! A background thread does this every half window: it syncs, then rewrites the log with the
+//! zones still active (written under another name and renamed: the log is always whole). A
+//! truncation or fallocate marks the file whole. Files are named by (st_dev, st_ino), and the
+//! replicated directories' own (st_dev, st_ino) are recorded first: a copy whose directory has
+//! another identity when the log is read (another filesystem, a device renumbered by a reboot)
+//! cannot use it.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::zonelog::{Tracked, ZoneLog, ZoneLogError};
+
+struct Active {
+    log: ZoneLog,
+    /// Last write into each active zone (`None`: the file is whole).
+    touched: HashMap<((u64, u64), Option<u32>), Instant>,
+}
+
+pub struct ActivityLog {
+    path: PathBuf,
+    zone_shift: u32,
+    window: Duration,
+    /// The replicated directories, under the FUSE layer (synced before zones leave the log).
+    dirs: Vec<OwnedFd>,
+    active: Mutex<Active>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    failed: AtomicBool,
+}
+
+/// What an activity log left by a crash says, read by the node when it comes back as secondary.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// (index, st_dev, st_ino) of each replicated directory when the log started.
+    pub roots: Vec<(u32, (u64, u64))>,
+    /// The files with zones that may differ (`Whole`, or `Ranges`).
+    pub files: HashMap<(u64, u64), Tracked>,
+}
+
+impl ActivityLog {
+    /// Starts a new, empty log at `path` for the replicated directories open as `dirs` (the
+    /// directories themselves, not the FUSE mounts over them; their identity recorded first),
+    /// and its maintenance thread.
+    pub fn start(
+        path: &Path,
+        zone_size: u64,
+        window: Duration,
+        dirs: Vec<OwnedFd>,
+    ) -> Result<Arc<ActivityLog>, String> {
+        let _ = ZoneLog::remove(path);
+        let log = ZoneLog::open_with_margin(path, zone_size, Duration::ZERO).map_err(|e| e.to_string())?;
+        for (i, d) in dirs.iter().enumerate() {
+            let st = rustix::fs::fstat(d).map_err(|e| format!("directory {i}: {e}"))?;
+            log.record_root(i as u32, (st.st_dev, st.st_ino));
+        }
+        if log.lost() {
+            return Err(format!("activity log {}: cannot be written", path.display()));
+        }
+        let al = Arc::new(ActivityLog {
+            path: path.to_owned(),
+            zone_shift: zone_size.trailing_zeros(),
+            window,
+            dirs,
+            active: Mutex::new(Active { log, touched: HashMap::new() }),
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            failed: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&al);
+        let stop = al.stop.clone();
+        let every = (window / 2).max(Duration::from_millis(100));
+        thread::Builder::new()
+            .name("activity-log".into())
+            .spawn(move || loop {
+                let (m, cv) = &*stop;
+                let guard = m.lock().unwrap_or_else(|p| p.into_inner());
+                let (guard, _) = cv.wait_timeout(guard, every).unwrap_or_else(|p| p.into_inner());
+                if *guard {
+                    return;
+                }
+                drop(guard);
+                let Some(al) = weak.upgrade() else { return };
+                if let Err(e) = al.retire(Instant::now()) {
+                    tracing::warn!(log = %al.path.display(), error = %e, "activity log: zones kept");
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(al)
+    }
+
+    /// Reads the log a crash left at `path`: `None` if there is none, or if it cannot be trusted
+    /// (lost, unreadable).
+    pub fn read(path: &Path) -> Option<Recorded> {
+        let log = ZoneLog::open_existing(path).ok()??;
+        if log.lost() {
+            return None;
+        }
+        Some(Recorded { roots: log.roots(), files: log.recorded() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a record could not be written (the log then vouches for nothing).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Active> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Before a write of `len` bytes at `offset` into the file `key`: its zones are active (the
+    /// first write into a zone waits for its record to be durable).
+    pub fn before_write(&self, key: (u64, u64), offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut a = self.lock();
+        if let Some(t) = a.touched.get_mut(&(key, None)) {
+            *t = now;
+            return;
+        }
+        let first = (offset >> self.zone_shift) as u32;
+        let last = ((offset + len - 1) >> self.zone_shift) as u32;
+        // `ZoneLog::before_write` records only the zones it does not hold yet; the ctime given
+        // is old so that it never turns a first write into a whole file.
+        a.log.before_write(key, offset, len, std::time::UNIX_EPOCH);
+        if a.log.lost() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        for z in first..=last {
+            a.touched.insert((key, Some(z)), now);
+        }
+    }
+
+    /// Before a truncation or fallocate of the file `key`: all of it may differ.
+    pub fn before_whole_change(&self, key: (u64, u64)) {
+        let now = Instant::now();
+        let mut a = self.lock();
+        a.log.mark_whole(key);
+        if a.log.lost() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        a.touched.insert((key, None), now);
+    }
+
+    /// Zones and files not written for the window leave the log, once the directories are synced
+    /// (`now` is when the caller looked; the sync comes after).
+    pub fn retire(&self, now: Instant) -> Result<usize, String> {
+        let Some(cut) = now.checked_sub(self.window) else { return Ok(0) };
+        if !self.lock().touched.values().any(|t| *t < cut) {
+            return Ok(0);
+        }
+        // Everything written before `cut` is in the page cache or on disk: make it durable.
+        self.sync_dirs()?;
+        let mut a = self.lock();
+        let before = a.touched.len();
+        a.touched.retain(|_, t| *t >= cut);
+        let touched = &a.touched;
+        let new =
+            a.log.rewrite(|key, zone| touched.contains_key(&(key, zone))).map_err(|e: ZoneLogError| e.to_string())?;
+        a.log = new;
+        Ok(before - a.touched.len())
+    }
+
+    /// Makes the replicated directories' filesystems durable (`syncfs`).
+    pub fn sync_dirs(&self) -> Result<(), String> {
+        for (i, d) in self.dirs.iter().enumerate() {
+            // SAFETY: syncfs on a descriptor we own for the duration of the call.
+            if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+                return Err(format!("directory {i}: syncfs: {}", std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Zones and whole files active now (tests).
+    pub fn active(&self) -> usize {
+        self.lock().touched.len()
+    }
+
+    /// Stops the maintenance thread and removes the log: this node's copy no longer needs it
+    /// (it stopped cleanly, its secondary left, or it is caught up as secondary).
+    pub fn remove(&self) -> std::io::Result<()> {
+        self.halt();
+        ZoneLog::remove(&self.path)
+    }
+
+    fn halt(&self) {
+        let (m, cv) = &*self.stop;
+        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for ActivityLog {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_zones_are_durable_and_leave_only_after_the_window() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let path = d.path().join("activity.log");
+        let window = Duration::from_secs(3600); // the thread never retires anything by itself here
+        let fd: OwnedFd = std::fs::File::open(&data).unwrap().into();
+        let al = ActivityLog::start(&path, 1 << 20, window, vec![fd]).unwrap();
+        al.before_write((1, 10), 0, 10);
+        al.before_write((1, 10), (1 << 20) + 5, 10);
+        al.before_write((1, 11), 3 << 20, 1);
+        al.before_whole_change((1, 12));
+        assert_eq!(al.active(), 4);
+
+        // A crash now: the log read back names every active zone, and the directory's identity.
+        let r = ActivityLog::read(&path).expect("a sound log");
+        let st = rustix::fs::stat(&data).unwrap();
+        assert_eq!(r.roots, vec![(0, (st.st_dev, st.st_ino))]);
+        assert_eq!(r.files.get(&(1, 10)), Some(&Tracked::Ranges(vec![(0, 2 << 20)])));
+        assert_eq!(r.files.get(&(1, 11)), Some(&Tracked::Ranges(vec![(3 << 20, 1 << 20)])));
+        assert_eq!(r.files.get(&(1, 12)), Some(&Tracked::Whole));
+        assert_eq!(r.files.len(), 3);
+
+        // Nothing is older than the window: nothing leaves.
+        assert_eq!(al.retire(Instant::now()).unwrap(), 0);
+        // Seen from later than the window after the writes, except one written again then.
+        let later = Instant::now() + window + Duration::from_secs(1);
+        {
+            let mut a = al.lock();
+            *a.touched.get_mut(&((1, 11), Some(3))).unwrap() = later - Duration::from_secs(1);
+        }
+        assert_eq!(al.retire(later).unwrap(), 3);
+        let r = ActivityLog::read(&path).unwrap();
+        assert_eq!(r.roots.len(), 1, "the roots stay");
+        assert_eq!(r.files.len(), 1, "{:?}", r.files);
+        assert_eq!(r.files.get(&(1, 11)), Some(&Tracked::Ranges(vec![(3 << 20, 1 << 20)])));
+
+        // A zone written again after it left is recorded again, durably.
+        al.before_write((1, 10), 7, 1);
+        assert_eq!(ActivityLog::read(&path).unwrap().files.get(&(1, 10)), Some(&Tracked::Ranges(vec![(0, 1 << 20)])));
+
+        al.remove().unwrap();
+        assert!(!path.exists());
+        assert!(ActivityLog::read(&path).is_none(), "no log: nothing to trust");
+    }
+
+    #[test]
+    fn a_torn_or_missing_log_is_not_trusted() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("activity.log");
+        assert!(ActivityLog::read(&path).is_none());
+        std::fs::write(&path, b"not a log").unwrap();
+        assert!(ActivityLog::read(&path).is_none(), "a bad header");
+    }
+}
