@@ -123,6 +123,12 @@ fn zero_loss_round(c: &mut Cluster, primary: &str, secondary: &str, round: u32) 
     c.start_daemon(primary);
     c.wait_state(primary, 4, Duration::from_secs(30));
     c.wait_state(secondary, 3, Duration::from_secs(10));
+    // Its catch-up (the new primary's zone log and the zones its activity log names, or every
+    // file) left nothing of what it alone held: the copies are identical.
+    let out = c.admin(secondary, &["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "round {round}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the copies are identical"), "round {round}: {text}");
     acked
 }
 
