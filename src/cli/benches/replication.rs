@@ -4,14 +4,16 @@
 //! One lab (`tandem lab`, 2 nodes, network 0 = 198.18.0.0/24, `/srv/web` private to each node) with
 //! the daemons running and the mirror module `web` PRIM on n1 and SECOND on n2, replicating
 //! `/srv/web` (tandem's FUSE layer mounted over it on n1, ack mode `written`, the default). fio runs
-//! inside n1 on three targets, all on the same disk:
+//! inside n1 on these targets, all on the same disk:
 //! - `local`: `/var/lib/tandem/bench/plain`, a plain directory of n1 (not replicated);
 //! - `bindfs`: `/var/lib/tandem/bench/bindfs`, `bindfs` of that same directory (a FUSE
 //!   passthrough that does nothing else: the cost of going through FUSE);
 //! - `tandem`: `/srv/web`, through tandem's FUSE layer, every write acknowledged by n2;
 //! - `two-local`: the same job as `local` on n1 while n2 runs it at the same time on its own
 //!   plain directory (same disk): what writing two copies costs this one disk with no software in
-//!   between. In the lab both copies of `tandem` share that disk, so this is its ceiling.
+//!   between. In the lab both copies of `tandem` share that disk, so this is its ceiling;
+//! - `tandem-noal`: `/srv/noal`, a second mirror module (`noal`, PRIM on n1 and SECOND on n2 too)
+//!   with `activity_log = false`: what the activity log costs `tandem`, in the same run.
 //!
 //! Jobs (psync, no preallocation, one file per target and job, removed before each run):
 //! - `seq-1m`: sequential 1 MiB writes of `BENCH_SEQ_SIZE` (512m), one fsync at the end
@@ -61,6 +63,9 @@ const SECONDARY: &str = "n2";
 const SECONDARY_ADDR: &str = "198.18.0.2";
 /// The replicated directory (private to each node of the lab).
 const REPL_DIR: &str = "/srv/web";
+/// Target (e): a second module, `noal`, with `activity_log = false`.
+const NOAL_DIR: &str = "/srv/noal";
+const MODULES: [&str; 2] = ["web", "noal"];
 /// The plain directory and its bindfs mount point, inside n1's private /var/lib/tandem (same disk).
 const PLAIN_DIR: &str = "/var/lib/tandem/bench/plain";
 const BINDFS_DIR: &str = "/var/lib/tandem/bench/bindfs";
@@ -89,9 +94,11 @@ enum Target {
     Bindfs,
     Tandem,
     TwoLocal,
+    TandemNoActivityLog,
 }
 
-const TARGETS: [Target; 4] = [Target::Local, Target::Bindfs, Target::Tandem, Target::TwoLocal];
+const TARGETS: [Target; 5] =
+    [Target::Local, Target::Bindfs, Target::Tandem, Target::TwoLocal, Target::TandemNoActivityLog];
 
 impl Target {
     fn name(self) -> &'static str {
@@ -100,6 +107,7 @@ impl Target {
             Target::Bindfs => "(b) bindfs",
             Target::Tandem => "(c) tandem",
             Target::TwoLocal => "(d) local on n1 and n2 at once",
+            Target::TandemNoActivityLog => "(e) tandem, `activity_log = false`",
         }
     }
     fn tag(self) -> &'static str {
@@ -108,6 +116,7 @@ impl Target {
             Target::Bindfs => "bindfs",
             Target::Tandem => "tandem",
             Target::TwoLocal => "two-local",
+            Target::TandemNoActivityLog => "tandem-noal",
         }
     }
     fn dir(self) -> &'static str {
@@ -116,7 +125,11 @@ impl Target {
             Target::Bindfs => BINDFS_DIR,
             Target::Tandem => REPL_DIR,
             Target::TwoLocal => PLAIN_DIR,
+            Target::TandemNoActivityLog => NOAL_DIR,
         }
+    }
+    fn replicated(self) -> bool {
+        matches!(self, Target::Tandem | Target::TandemNoActivityLog)
     }
 }
 
@@ -311,12 +324,16 @@ fn prerequisites() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The lab
 
-fn module_toml() -> String {
+fn module_toml(name: &str) -> String {
     // Heartbeat defaults, ack mode `written` (the default), no hooks: only the replication works.
+    let (id, dir, extra) = match name {
+        "web" => (1, REPL_DIR, ""),
+        _ => (2, NOAL_DIR, "[replication]\nactivity_log = false\n\n"),
+    };
     format!(
-        "name = \"web\"
+        "name = \"{name}\"
 kind = \"mirror\"
-id = 1
+id = {id}
 
 [[node]]
 name = \"n1\"
@@ -324,8 +341,8 @@ name = \"n1\"
 [[node]]
 name = \"n2\"
 
-[[replication.dir]]
-path = \"{REPL_DIR}\"
+{extra}[[replication.dir]]
+path = \"{dir}\"
 "
     )
 }
@@ -334,7 +351,8 @@ fn start_tandem(lab: &Lab, guard: &mut LabGuard, dir: &Path) -> Result<()> {
     let files = [
         ("cluster.toml", cluster_toml(), "/etc/tandem/cluster.toml", "0644"),
         ("cluster.key", random_key()?, "/etc/tandem/cluster.key", "0600"),
-        ("module.toml", module_toml(), "/etc/tandem/modules/web/module.toml", "0644"),
+        ("module.toml", module_toml("web"), "/etc/tandem/modules/web/module.toml", "0644"),
+        ("noal.toml", module_toml("noal"), "/etc/tandem/modules/noal/module.toml", "0644"),
     ];
     for (name, content, _, _) in &files {
         fs::write(dir.join(name), content)?;
@@ -343,6 +361,7 @@ fn start_tandem(lab: &Lab, guard: &mut LabGuard, dir: &Path) -> Result<()> {
         .args(["config", "check"])
         .arg(dir.join("cluster.toml"))
         .arg(dir.join("module.toml"))
+        .arg(dir.join("noal.toml"))
         .stdin(Stdio::null())
         .output()?;
     if !o.status.success() {
@@ -389,16 +408,16 @@ fn start_tandem(lab: &Lab, guard: &mut LabGuard, dir: &Path) -> Result<()> {
         }
     }
     let steps = [(PRIMARY, "start"), (SECONDARY, "start"), (PRIMARY, "prim"), (SECONDARY, "second")];
-    for (node, verb) in steps {
+    for (module, (node, verb)) in MODULES.iter().flat_map(|m| steps.iter().map(move |s| (*m, *s))) {
         let deadline = Instant::now() + ADMIN_DEADLINE;
         loop {
-            let o = output_in(lab, node, &[TANDEM, verb, "-m", "web"], COMMAND_TIMEOUT)?;
+            let o = output_in(lab, node, &[TANDEM, verb, "-m", module], COMMAND_TIMEOUT)?;
             if o.status.success() {
                 break;
             }
             check_daemons(guard).map_err(|e| with_logs(e, dir))?;
             if Instant::now() > deadline {
-                return Err(with_logs(anyhow!("`tandem {verb} -m web` on {node} fails: {}", text(&o)), dir));
+                return Err(with_logs(anyhow!("`tandem {verb} -m {module}` on {node} fails: {}", text(&o)), dir));
             }
             thread::sleep(Duration::from_millis(200));
         }
@@ -419,11 +438,16 @@ fn start_tandem(lab: &Lab, guard: &mut LabGuard, dir: &Path) -> Result<()> {
     }
 }
 
-/// PRIM (exit code 3) on n1 and SECOND (4) on n2?
+/// PRIM (exit code 3) on n1 and SECOND (4) on n2, for both modules?
 fn roles(lab: &Lab) -> Result<bool> {
-    let a = output_in(lab, PRIMARY, &[TANDEM, "state", "-m", "web"], COMMAND_TIMEOUT)?;
-    let b = output_in(lab, SECONDARY, &[TANDEM, "state", "-m", "web"], COMMAND_TIMEOUT)?;
-    Ok(a.status.code() == Some(3) && b.status.code() == Some(4))
+    for m in MODULES {
+        let a = output_in(lab, PRIMARY, &[TANDEM, "state", "-m", m], COMMAND_TIMEOUT)?;
+        let b = output_in(lab, SECONDARY, &[TANDEM, "state", "-m", m], COMMAND_TIMEOUT)?;
+        if a.status.code() != Some(3) || b.status.code() != Some(4) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The mount of `dir` in n1 (its fstype), from /proc/self/mounts.
@@ -489,13 +513,15 @@ struct Cell {
 fn measure_all(p: &Params, dir: &Path, lab_name: &str) -> Result<Report> {
     let _ = tandem_lab::down(lab_name);
     let mut guard = LabGuard::new("replication", lab_name);
-    let lab =
-        Lab::up(LabSpec::new(lab_name, 2).private_dir(REPL_DIR)).with_context(|| format!("building lab {lab_name}"))?;
+    let lab = Lab::up(LabSpec::new(lab_name, 2).private_dir(REPL_DIR).private_dir(NOAL_DIR))
+        .with_context(|| format!("building lab {lab_name}"))?;
     let t0 = Instant::now();
     start_tandem(&lab, &mut guard, dir)?;
-    match mount_type(&lab, REPL_DIR)? {
-        Some(t) if t.starts_with("fuse") => {}
-        other => bail!("{REPL_DIR} on {PRIMARY} is not tandem's FUSE layer (mount type {other:?})"),
+    for d in [REPL_DIR, NOAL_DIR] {
+        match mount_type(&lab, d)? {
+            Some(t) if t.starts_with("fuse") => {}
+            other => bail!("{d} on {PRIMARY} is not tandem's FUSE layer (mount type {other:?})"),
+        }
     }
     start_bindfs(&lab, &mut guard, dir)?;
     eprintln!(
@@ -519,14 +545,14 @@ fn measure_all(p: &Params, dir: &Path, lab_name: &str) -> Result<Report> {
         for job in JOBS {
             for target in TARGETS {
                 let cell = &mut cells.iter_mut().find(|(k, _)| *k == (target, job)).expect("cell").1;
-                if target == Target::Tandem && replication_lost {
+                if target.replicated() && replication_lost {
                     cell.errors.push(format!("run {}: not run: the replication was lost earlier", i + 1));
                     continue;
                 }
                 let t = Instant::now();
                 let r = run_fio(&lab, p, job, target, dir, i);
                 let r = r.and_then(|s| {
-                    if target == Target::Tandem && !roles(&lab)? {
+                    if target.replicated() && !roles(&lab)? {
                         replication_lost = true;
                         bail!("after the job {PRIMARY} is no longer PRIM or {SECONDARY} no longer SECOND: measured without replication");
                     }

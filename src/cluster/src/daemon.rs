@@ -356,6 +356,7 @@ fn replica_spec(
         resync_bandwidth: rep.resync_bandwidth_bytes_per_sec,
         zone_log: state_dir.join("zones.log"),
         activity_log: state_dir.join("activity.log"),
+        activity_enabled: rep.activity_log,
         // One log for the module's directories: the smallest of their zone sizes.
         zone_size: rep.dirs.iter().map(|d| d.zone_size_bytes).min().unwrap_or(1 << 20),
     })

@@ -72,6 +72,8 @@ pub struct ReplicaSpec {
     /// The activity log, kept while this node is primary with its secondary in sync, and after a
     /// crash then until this node is caught up as secondary.
     pub activity_log: PathBuf,
+    /// `activity_log = false` in module.toml: none is kept.
+    pub activity_enabled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +315,9 @@ impl Replica {
     /// activity log first, so that a crash of this node costs its catch-up only those zones.
     fn start_activity(&mut self) {
         self.stop_activity(false);
+        if !self.spec.activity_enabled {
+            return;
+        }
         let dirs: Result<Vec<_>, _> = self.fs.iter().map(|fs| fs.backing_dir()).collect();
         // A write is acknowledged by the secondary within the replication timeout, or the stream
         // breaks: a zone idle for longer (plus a margin) holds nothing the secondary lacks.

@@ -136,11 +136,15 @@ pub struct Replication {
     pub dirs: Vec<ReplicatedDir>,
     /// Upper bound on resynchronisation traffic, in bytes per second (`None`: unlimited).
     pub resync_bandwidth_bytes_per_sec: Option<u64>,
+    /// Keep the activity log while primary with the secondary in sync (default true). Without
+    /// it a write into a new zone costs no record, and a crash of the primary costs its catch-up
+    /// a comparison of every file (DRBD's `al-updates no`).
+    pub activity_log: bool,
 }
 
 impl Default for Replication {
     fn default() -> Self {
-        Replication { ack: AckMode::Written, dirs: Vec::new(), resync_bandwidth_bytes_per_sec: None }
+        Replication { ack: AckMode::Written, dirs: Vec::new(), resync_bandwidth_bytes_per_sec: None, activity_log: true }
     }
 }
 
@@ -790,7 +794,7 @@ fn parse_replication(ctx: &mut Ctx, root: &Tbl) -> Replication {
     };
     t.check_keys(
         ctx,
-        &["ack", "dir", "resync_bandwidth"],
+        &["ack", "dir", "resync_bandwidth", "activity_log"],
         &[
             ("zone_size", "belongs in each [[replication.dir]]"),
             ("exclude", "belongs in each [[replication.dir]]"),
@@ -803,6 +807,9 @@ fn parse_replication(ctx: &mut Ctx, root: &Tbl) -> Replication {
             "durable" => AckMode::Durable,
             _ => AckMode::Written,
         };
+    }
+    if let Some(b) = t.bool(ctx, "activity_log") {
+        rep.activity_log = b.val;
     }
     if let Some(s) = t.str(ctx, "resync_bandwidth", "a bandwidth string such as \"100MiB/s\"") {
         match units::parse_bandwidth(&s.val) {

@@ -58,7 +58,7 @@ fn minimal_mirror_gets_defaults() {
     assert!(m.vips.is_empty());
     assert_eq!(
         m.replication,
-        Some(Replication { ack: AckMode::Written, dirs: vec![], resync_bandwidth_bytes_per_sec: None })
+        Some(Replication { ack: AckMode::Written, dirs: vec![], resync_bandwidth_bytes_per_sec: None, activity_log: true })
     );
     assert_eq!(m.farm, None);
     assert_eq!(m.failover, Failover::default());
