@@ -13,14 +13,17 @@
 //! - the directory's filesystem was synced (`syncfs`) after that last write.
 //!
 //! A background thread does this every half window: it syncs, then rewrites the log with the
-//! zones still active (written under another name and renamed: the log is always whole). A
+//! zones still active (written under another name and renamed: the log is always whole). It
+//! syncs the files concerned (`fdatasync`, reopened by the file handle taken at their first
+//! record: `open_by_handle_at`), or the whole filesystem (`syncfs`) when they are many (over
+//! 256) or one cannot be reopened that way. A
 //! truncation or fallocate marks the file whole. Files are named by (st_dev, st_ino), and the
 //! replicated directories' own (st_dev, st_ino) are recorded first: a copy whose directory has
 //! another identity when the log is read (another filesystem, a device renumbered by a reboot)
 //! cannot use it.
 
-use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -33,6 +36,57 @@ struct Active {
     log: ZoneLog,
     /// Last write into each active zone (`None`: the file is whole).
     touched: HashMap<((u64, u64), Option<u32>), Instant>,
+    /// A file handle of each file with active zones, to sync it alone at retirement.
+    handles: HashMap<(u64, u64), Handle>,
+}
+
+/// At most this many files are synced one by one at a retirement; more, and it is `syncfs`.
+const SYNC_ONE_BY_ONE: usize = 256;
+
+/// A `struct file_handle` with room for the largest handle (MAX_HANDLE_SZ).
+#[repr(C)]
+#[derive(Clone)]
+struct Handle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; 128],
+}
+
+impl Handle {
+    /// The handle of the file open as `fd`, if its filesystem has them.
+    fn of(fd: BorrowedFd<'_>) -> Option<Handle> {
+        let mut h = Handle { handle_bytes: 128, handle_type: 0, f_handle: [0; 128] };
+        let mut mount_id = 0;
+        // SAFETY: `h` is a file_handle with 128 bytes of room, as handle_bytes says.
+        let r = unsafe {
+            libc::name_to_handle_at(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                &mut h as *mut Handle as *mut libc::file_handle,
+                &mut mount_id,
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        (r == 0).then_some(h)
+    }
+
+    /// Opens the file again, read-only, through any directory of its filesystem.
+    fn open(&self, mount: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+        let mut h = self.clone();
+        // SAFETY: a valid file_handle from name_to_handle_at; the new descriptor is ours.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount.as_raw_fd(),
+                &mut h as *mut Handle as *mut libc::file_handle,
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just opened and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
 }
 
 pub struct ActivityLog {
@@ -44,6 +98,8 @@ pub struct ActivityLog {
     active: Mutex<Active>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     failed: AtomicBool,
+    /// Retirements that synced whole filesystems rather than the files (tests).
+    syncfs_count: std::sync::atomic::AtomicU64,
 }
 
 /// What an activity log left by a crash says, read by the node when it comes back as secondary.
@@ -79,9 +135,10 @@ impl ActivityLog {
             zone_shift: zone_size.trailing_zeros(),
             window,
             dirs,
-            active: Mutex::new(Active { log, touched: HashMap::new() }),
+            active: Mutex::new(Active { log, touched: HashMap::new(), handles: HashMap::new() }),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             failed: AtomicBool::new(false),
+            syncfs_count: std::sync::atomic::AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&al);
         let stop = al.stop.clone();
@@ -128,9 +185,9 @@ impl ActivityLog {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Before a write of `len` bytes at `offset` into the file `key`: its zones are active (the
-    /// first write into a zone waits for its record to be durable).
-    pub fn before_write(&self, key: (u64, u64), offset: u64, len: u64) {
+    /// Before a write of `len` bytes at `offset` into the file `key`, open as `fd`: its zones are
+    /// active (the first write into a zone waits for its record to be durable).
+    pub fn before_write(&self, fd: BorrowedFd<'_>, key: (u64, u64), offset: u64, len: u64) {
         if len == 0 {
             return;
         }
@@ -151,10 +208,16 @@ impl ActivityLog {
         for z in first..=last {
             a.touched.insert((key, Some(z)), now);
         }
+        if let std::collections::hash_map::Entry::Vacant(e) = a.handles.entry(key) {
+            if let Some(h) = Handle::of(fd) {
+                e.insert(h);
+            }
+        }
     }
 
-    /// Before a truncation or fallocate of the file `key`: all of it may differ.
-    pub fn before_whole_change(&self, key: (u64, u64)) {
+    /// Before a truncation or fallocate of the file `key` (open as `fd`, if it is): all of it
+    /// may differ.
+    pub fn before_whole_change(&self, fd: Option<BorrowedFd<'_>>, key: (u64, u64)) {
         let now = Instant::now();
         let mut a = self.lock();
         a.log.mark_whole(key);
@@ -162,25 +225,63 @@ impl ActivityLog {
             self.failed.store(true, Ordering::Relaxed);
         }
         a.touched.insert((key, None), now);
+        if let std::collections::hash_map::Entry::Vacant(e) = a.handles.entry(key) {
+            if let Some(h) = fd.and_then(Handle::of) {
+                e.insert(h);
+            }
+        }
     }
 
     /// Zones and files not written for the window leave the log, once the directories are synced
     /// (`now` is when the caller looked; the sync comes after).
     pub fn retire(&self, now: Instant) -> Result<usize, String> {
         let Some(cut) = now.checked_sub(self.window) else { return Ok(0) };
-        if !self.lock().touched.values().any(|t| *t < cut) {
+        let files: Vec<((u64, u64), Option<Handle>)> = {
+            let a = self.lock();
+            let mut keys: Vec<(u64, u64)> = a.touched.iter().filter(|(_, t)| **t < cut).map(|((k, _), _)| *k).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.into_iter().map(|k| (k, a.handles.get(&k).cloned())).collect()
+        };
+        if files.is_empty() {
             return Ok(0);
         }
         // Everything written before `cut` is in the page cache or on disk: make it durable.
-        self.sync_dirs()?;
+        self.sync_files(&files)?;
         let mut a = self.lock();
         let before = a.touched.len();
         a.touched.retain(|_, t| *t >= cut);
+        let still: HashSet<(u64, u64)> = a.touched.keys().map(|(k, _)| *k).collect();
+        a.handles.retain(|k, _| still.contains(k));
         let touched = &a.touched;
         let new =
             a.log.rewrite(|key, zone| touched.contains_key(&(key, zone))).map_err(|e: ZoneLogError| e.to_string())?;
         a.log = new;
         Ok(before - a.touched.len())
+    }
+
+    /// Makes the data of `files` durable: each by `fdatasync`, or, when they are many or one
+    /// cannot be reopened by its handle (no handle, another filesystem), by `syncfs` of every
+    /// directory. A file that no longer exists (`ESTALE`) has nothing left to lose.
+    fn sync_files(&self, files: &[((u64, u64), Option<Handle>)]) -> Result<(), String> {
+        if files.len() <= SYNC_ONE_BY_ONE {
+            let one_by_one = files.iter().all(|(key, h)| {
+                let Some(h) = h else { return false };
+                let Some(mount) = self.dirs.iter().find(|d| rustix::fs::fstat(d).is_ok_and(|st| st.st_dev == key.0))
+                else {
+                    return false;
+                };
+                match h.open(mount.as_fd()) {
+                    Ok(fd) => rustix::fs::fdatasync(&fd).is_ok(),
+                    Err(e) => e.raw_os_error() == Some(libc::ESTALE),
+                }
+            });
+            if one_by_one {
+                return Ok(());
+            }
+        }
+        self.syncfs_count.fetch_add(1, Ordering::Relaxed);
+        self.sync_dirs()
     }
 
     /// Makes the replicated directories' filesystems durable (`syncfs`).
@@ -232,18 +333,29 @@ mod tests {
         let window = Duration::from_secs(3600); // the thread never retires anything by itself here
         let fd: OwnedFd = std::fs::File::open(&data).unwrap().into();
         let al = ActivityLog::start(&path, 1 << 20, window, vec![fd]).unwrap();
-        al.before_write((1, 10), 0, 10);
-        al.before_write((1, 10), (1 << 20) + 5, 10);
-        al.before_write((1, 11), 3 << 20, 1);
-        al.before_whole_change((1, 12));
+        let files: Vec<std::fs::File> = ["a", "b"]
+            .iter()
+            .map(|n| std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(data.join(n)).unwrap())
+            .collect();
+        let key = |f: &std::fs::File| {
+            let st = rustix::fs::fstat(f).unwrap();
+            (st.st_dev, st.st_ino)
+        };
+        let (ka, kb) = (key(&files[0]), key(&files[1]));
+        al.before_write(files[0].as_fd(), ka, 0, 10);
+        al.before_write(files[0].as_fd(), ka, (1 << 20) + 5, 10);
+        al.before_write(files[1].as_fd(), kb, 3 << 20, 1);
+        // Named by key only (no descriptor, no handle): its retirement syncs the filesystem.
+        al.before_whole_change(None, (1, 12));
         assert_eq!(al.active(), 4);
+        assert_eq!(al.lock().handles.len(), 2, "a handle for each file written through a descriptor");
 
         // A crash now: the log read back names every active zone, and the directory's identity.
         let r = ActivityLog::read(&path).expect("a sound log");
         let st = rustix::fs::stat(&data).unwrap();
         assert_eq!(r.roots, vec![(0, (st.st_dev, st.st_ino))]);
-        assert_eq!(r.files.get(&(1, 10)), Some(&Tracked::Ranges(vec![(0, 2 << 20)])));
-        assert_eq!(r.files.get(&(1, 11)), Some(&Tracked::Ranges(vec![(3 << 20, 1 << 20)])));
+        assert_eq!(r.files.get(&ka), Some(&Tracked::Ranges(vec![(0, 2 << 20)])));
+        assert_eq!(r.files.get(&kb), Some(&Tracked::Ranges(vec![(3 << 20, 1 << 20)])));
         assert_eq!(r.files.get(&(1, 12)), Some(&Tracked::Whole));
         assert_eq!(r.files.len(), 3);
 
@@ -253,17 +365,27 @@ mod tests {
         let later = Instant::now() + window + Duration::from_secs(1);
         {
             let mut a = al.lock();
-            *a.touched.get_mut(&((1, 11), Some(3))).unwrap() = later - Duration::from_secs(1);
+            *a.touched.get_mut(&(kb, Some(3))).unwrap() = later - Duration::from_secs(1);
         }
         assert_eq!(al.retire(later).unwrap(), 3);
+        assert_eq!(al.syncfs_count.load(Ordering::Relaxed), 1, "one file had no handle: syncfs");
         let r = ActivityLog::read(&path).unwrap();
         assert_eq!(r.roots.len(), 1, "the roots stay");
         assert_eq!(r.files.len(), 1, "{:?}", r.files);
-        assert_eq!(r.files.get(&(1, 11)), Some(&Tracked::Ranges(vec![(3 << 20, 1 << 20)])));
+        assert_eq!(r.files.get(&kb), Some(&Tracked::Ranges(vec![(3 << 20, 1 << 20)])));
+        assert_eq!(al.lock().handles.keys().collect::<Vec<_>>(), [&kb], "handles go with their zones");
 
         // A zone written again after it left is recorded again, durably.
-        al.before_write((1, 10), 7, 1);
-        assert_eq!(ActivityLog::read(&path).unwrap().files.get(&(1, 10)), Some(&Tracked::Ranges(vec![(0, 1 << 20)])));
+        al.before_write(files[0].as_fd(), ka, 7, 1);
+        assert_eq!(ActivityLog::read(&path).unwrap().files.get(&ka), Some(&Tracked::Ranges(vec![(0, 1 << 20)])));
+
+        // Retired one by one: a file reopened by its handle, or gone (nothing left to lose).
+        drop(files);
+        std::fs::remove_file(data.join("b")).unwrap();
+        let later = later + window + Duration::from_secs(2);
+        assert_eq!(al.retire(later).unwrap(), 2);
+        assert_eq!(al.syncfs_count.load(Ordering::Relaxed), 1, "both files by handle, no syncfs");
+        assert!(ActivityLog::read(&path).unwrap().files.is_empty());
 
         al.remove().unwrap();
         assert!(!path.exists());

@@ -387,7 +387,7 @@ impl Inner {
             _ => None,
         };
         if let Some(st) = st.filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
-            al.before_whole_change(key_of(&st));
+            al.before_whole_change(fd.map(|f| f.as_fd()), key_of(&st));
         }
     }
 
@@ -415,7 +415,7 @@ impl Inner {
                 log.before_write(key_of(&st), offset, len, ctime_of(&st));
             }
             if let Some(al) = al {
-                al.before_write(key_of(&st), offset, len);
+                al.before_write(fd.as_fd(), key_of(&st), offset, len);
             }
         }
     }
