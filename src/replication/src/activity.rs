@@ -249,6 +249,10 @@ impl ActivityLog {
         // Everything written before `cut` is in the page cache or on disk: make it durable.
         self.sync_files(&files)?;
         let mut a = self.lock();
+        if self.halted() {
+            // Removed meanwhile: a rewrite would put the log back.
+            return Ok(0);
+        }
         let before = a.touched.len();
         a.touched.retain(|_, t| *t >= cut);
         let still: HashSet<(u64, u64)> = a.touched.keys().map(|(k, _)| *k).collect();
@@ -304,7 +308,13 @@ impl ActivityLog {
     /// (it stopped cleanly, its secondary left, or it is caught up as secondary).
     pub fn remove(&self) -> std::io::Result<()> {
         self.halt();
+        // A retirement in progress finishes its rewrite before this, or sees the halt and skips it.
+        let _a = self.lock();
         ZoneLog::remove(&self.path)
+    }
+
+    fn halted(&self) -> bool {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn halt(&self) {
