@@ -26,6 +26,10 @@ use tandem_replication::stream::{Expect, Receiver, Sender, Stopper};
 use tandem_replication::zonelog::ZoneLog;
 use tokio::sync::mpsc;
 
+/// The activity log's zones are at least this large (DRBD's extent): a sequential writer costs
+/// it one durable record per 4 MiB, and a crash re-sends at most that much per zone in use.
+const AL_EXTENT: u64 = 4 << 20;
+
 /// What the replication threads tell the driver.
 #[derive(Debug)]
 pub enum ReplEvent {
@@ -324,7 +328,7 @@ impl Replica {
         let window = self.spec.timeout + Duration::from_secs(5);
         let started = dirs
             .map_err(|e| e.to_string())
-            .and_then(|d| ActivityLog::start(&self.spec.activity_log, self.spec.zone_size, window, d));
+            .and_then(|d| ActivityLog::start(&self.spec.activity_log, self.spec.zone_size.max(AL_EXTENT), window, d));
         match started {
             Ok(al) => {
                 for fs in &self.fs {
