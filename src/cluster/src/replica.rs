@@ -468,6 +468,10 @@ impl Replica {
                 let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
                     "replication to {peer_addr}: {what} started; the secondary lists what it holds"
                 ))));
+                // Shown by `tandem state` until the first progress line of the copy replaces it.
+                let _ = tx.try_send(Msg::Repl(ReplEvent::Progress(format!(
+                    "{what}: the secondary is listing (and hashing where needed) what it holds"
+                ))));
                 let started = Instant::now();
                 // What the secondary holds, at this point of the stream (before any op). With a
                 // usable zone log it hashes only the files the catch-up will compare.
