@@ -337,9 +337,22 @@ impl<V: VipOps> Driver<V> {
                 self.log.append("INFO", &format!("the secondary's copy is complete (join {join_seq})"));
                 self.body_tx.send_modify(|b| b.synced_join = Some(join_seq));
             }
-            ReplEvent::Broken { reason, connection_loss } => {
-                self.progress = None;
+            ReplEvent::Broken { reason, connection_loss, join } => {
                 let second = matches!(&self.machine, Machine::Mirror(m) if m.status().state == State::Second);
+                // The end of a stream that is no longer ours (the receiver of a secondary that
+                // was promoted meanwhile, the sender of an earlier join) says nothing of the
+                // current one: breaking it would stop a replication that works.
+                let stale = match join {
+                    None => !second,
+                    Some(j) => self.replica.as_ref().and_then(|r| r.current_join()) != Some(j),
+                };
+                if stale {
+                    let which =
+                        join.map_or("an earlier secondary stream".to_string(), |j| format!("the stream of join {j}"));
+                    self.log.append("INFO", &format!("{which} ended ({reason}): no longer the current one, ignored"));
+                    return;
+                }
+                self.progress = None;
                 if second && connection_loss {
                     // The primary may be dead: heartbeats decide (failover), not the stream.
                     self.log.append("WARN", &format!("replication stream from the primary ended: {reason}"));

@@ -35,7 +35,9 @@ const AL_EXTENT: u64 = 4 << 20;
 pub enum ReplEvent {
     /// The stream broke or could not be set up. `connection_loss`: the connection ended (the peer
     /// died, the network failed); heartbeats then decide between failover and joining again.
-    Broken { reason: String, connection_loss: bool },
+    /// `join`: the primary's stream of that join (its sender side), `None` for the secondary's
+    /// receiver; an event of a stream that is no longer the current one is stale.
+    Broken { reason: String, connection_loss: bool, join: Option<u64> },
     /// The full copy for this join is applied on the secondary.
     Synced { join_seq: u64 },
     /// A line for the module log.
@@ -122,12 +124,17 @@ struct StreamSink {
     timeout: Duration,
     tx: mpsc::Sender<Msg>,
     reported: AtomicBool,
+    join: u64,
 }
 
 impl StreamSink {
     fn report(&self, e: String) {
         if !self.reported.swap(true, Ordering::SeqCst) {
-            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Broken { reason: e, connection_loss: false }));
+            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Broken {
+                reason: e,
+                connection_loss: false,
+                join: Some(self.join),
+            }));
         }
     }
 }
@@ -419,7 +426,8 @@ impl Replica {
         let last_rate = self.last_rate.clone();
         if self.fs.is_empty() {
             let reason = "not primary: nothing to replicate".to_string();
-            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false }));
+            let join = Some(join_seq);
+            let _ = self.tx.try_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false, join }));
             return;
         }
         let fss = self.fs.clone();
@@ -433,7 +441,8 @@ impl Replica {
             .name(format!("repl-sync-{module}"))
             .spawn(move || {
                 let report = |reason: String| {
-                    let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false }));
+                    let join = Some(join_seq);
+                    let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false, join }));
                 };
                 // The secondary starts its receiver when it joins; give it a moment.
                 let deadline = Instant::now() + timeout.max(Duration::from_secs(5));
@@ -455,6 +464,7 @@ impl Replica {
                     timeout,
                     tx: tx.clone(),
                     reported: AtomicBool::new(false),
+                    join: join_seq,
                 });
                 // Every directory replicates its new changes from now on, as far as the walk
                 // has brought the secondary's copy; nothing is sent before that.
@@ -647,7 +657,11 @@ impl Replica {
                         }
                         Err(e) => {
                             let reason = format!("accept: {e}");
-                            let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false }));
+                            let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken {
+                                reason,
+                                connection_loss: false,
+                                join: None,
+                            }));
                             return;
                         }
                     };
@@ -671,7 +685,7 @@ impl Replica {
                         Ok(_) => ("the primary closed the replication stream".to_string(), true),
                         Err(e) => (e.to_string(), e.is_connection_loss()),
                     };
-                    let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss }));
+                    let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss, join: None }));
                     return;
                 }
             })
@@ -767,6 +781,11 @@ impl Replica {
             }
             (since, sum, rate)
         }
+    }
+
+    /// The join whose stream this primary runs (or sets up), if any.
+    pub fn current_join(&self) -> Option<u64> {
+        self.join
     }
 
     pub fn is_second(&self) -> bool {
