@@ -155,32 +155,7 @@ struct Sample {
 // Entry point
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        eprintln!("bench catchup: not run (no --bench): use `cargo bench -p tandem --bench catchup` or scripts/bench-catchup.sh");
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("bench catchup: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string())
-}
-
-fn env_num(name: &str, default: &str, min: u64) -> Result<u64> {
-    let s = env_or(name, default);
-    s.trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|n| *n >= min)
-        .ok_or_else(|| anyhow!("{name}={s:?}: expected an integer ≥ {min}"))
+    bench_main("catchup", bench)
 }
 
 fn bench() -> Result<bool> {

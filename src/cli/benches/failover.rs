@@ -153,21 +153,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    // `cargo bench` passes `--bench` (and maybe a filter, ignored: use BENCH_CONFIGS). Without it
-    // the binary was started as a test (`cargo test --all-targets` / `--benches`): the bench takes
-    // minutes and needs root, so it only says how to run it.
-    if !args.iter().any(|a| a == "--bench") {
-        eprintln!("bench failover: not run (no --bench): use `cargo bench -p tandem --bench failover` or scripts/bench-failover.sh");
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("bench failover: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    // `cargo bench` passes `--bench` (and maybe a filter, ignored: use BENCH_CONFIGS).
+    bench_main("failover", bench)
 }
 
 /// The TCP service of the nodes: accepts and closes connections.

@@ -221,23 +221,7 @@ struct Sample {
 // Entry point
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.iter().any(|a| a == "--bench") {
-        eprintln!("bench replication: not run (no --bench): use `cargo bench -p tandem --bench replication` or scripts/bench-replication.sh");
-        return ExitCode::SUCCESS;
-    }
-    match bench() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("bench replication: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string())
+    bench_main("replication", bench)
 }
 
 fn bench() -> Result<bool> {

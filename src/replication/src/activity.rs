@@ -93,8 +93,9 @@ pub struct ActivityLog {
     path: PathBuf,
     zone_shift: u32,
     window: Duration,
-    /// The replicated directories, under the FUSE layer (synced before zones leave the log).
-    dirs: Vec<OwnedFd>,
+    /// The replicated directories, under the FUSE layer (synced before zones leave the log),
+    /// with their st_dev (to reopen a file by handle through one of its filesystem).
+    dirs: Vec<(OwnedFd, u64)>,
     active: Mutex<Active>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     failed: AtomicBool,
@@ -123,9 +124,11 @@ impl ActivityLog {
     ) -> Result<Arc<ActivityLog>, String> {
         let _ = ZoneLog::remove(path);
         let log = ZoneLog::open_with_margin(path, zone_size, Duration::ZERO).map_err(|e| e.to_string())?;
-        for (i, d) in dirs.iter().enumerate() {
-            let st = rustix::fs::fstat(d).map_err(|e| format!("directory {i}: {e}"))?;
+        let mut with_dev = Vec::with_capacity(dirs.len());
+        for (i, d) in dirs.into_iter().enumerate() {
+            let st = rustix::fs::fstat(&d).map_err(|e| format!("directory {i}: {e}"))?;
             log.record_root(i as u32, (st.st_dev, st.st_ino));
+            with_dev.push((d, st.st_dev));
         }
         if log.lost() {
             return Err(format!("activity log {}: cannot be written", path.display()));
@@ -134,7 +137,7 @@ impl ActivityLog {
             path: path.to_owned(),
             zone_shift: zone_size.trailing_zeros(),
             window,
-            dirs,
+            dirs: with_dev,
             active: Mutex::new(Active { log, touched: HashMap::new(), handles: HashMap::new() }),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             failed: AtomicBool::new(false),
@@ -271,8 +274,7 @@ impl ActivityLog {
         if files.len() <= SYNC_ONE_BY_ONE {
             let one_by_one = files.iter().all(|(key, h)| {
                 let Some(h) = h else { return false };
-                let Some(mount) = self.dirs.iter().find(|d| rustix::fs::fstat(d).is_ok_and(|st| st.st_dev == key.0))
-                else {
+                let Some((mount, _)) = self.dirs.iter().find(|(_, dev)| *dev == key.0) else {
                     return false;
                 };
                 match h.open(mount.as_fd()) {
@@ -290,7 +292,7 @@ impl ActivityLog {
 
     /// Makes the replicated directories' filesystems durable (`syncfs`).
     pub fn sync_dirs(&self) -> Result<(), String> {
-        for (i, d) in self.dirs.iter().enumerate() {
+        for (i, (d, _)) in self.dirs.iter().enumerate() {
             // SAFETY: syncfs on a descriptor we own for the duration of the call.
             if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
                 return Err(format!("directory {i}: syncfs: {}", std::io::Error::last_os_error()));

@@ -15,7 +15,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags, SeekFrom};
@@ -171,10 +170,20 @@ pub fn prewarm(root: &Path) {
 /// others have no `blocks` and no `hash`: a catch-up trusting the zone log reads only what it
 /// must on the secondary too.
 pub fn build_with(root: &Path, hash: Option<&std::collections::HashSet<RelPath>>) -> Result<Manifest, ManifestError> {
+    walk_tree(root, hash, None)
+}
+
+/// The walk behind [`build_with`] and [`build_listing`]: with `activity`, each regular file it
+/// names (by st_dev, st_ino) gets its `suspect`, from the stat the walk takes anyway.
+fn walk_tree(
+    root: &Path,
+    hash: Option<&std::collections::HashSet<RelPath>>,
+    activity: Option<&HashMap<(u64, u64), crate::zonelog::Tracked>>,
+) -> Result<Manifest, ManifestError> {
     let err = |what: String| move |e: Errno| ManifestError::Io { root: root.to_owned(), what, source: e.into() };
     let root_fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(err("open".into()))?;
-    let mut w = Walker { root, entries: BTreeMap::new(), inodes: HashMap::new(), hash };
+    let mut w = Walker { root, entries: BTreeMap::new(), inodes: HashMap::new(), hash, activity };
     let st = rfs::fstat(&root_fd).map_err(err("stat".into()))?;
     let root_entry = w.entry(root_fd.as_fd(), c".", &RelPath(Vec::new()), &st)?;
     w.entries.insert(RelPath(Vec::new()), root_entry);
@@ -203,8 +212,7 @@ pub fn build_listing(
     hash: Option<&std::collections::HashSet<RelPath>>,
     log: Option<&crate::activity::Recorded>,
 ) -> Result<Manifest, ManifestError> {
-    let mut m = build_with(root, hash)?;
-    let Some(log) = log else { return Ok(m) };
+    let Some(log) = log else { return build_with(root, hash) };
     let same_roots = !log.roots.is_empty()
         && log
             .roots
@@ -212,22 +220,9 @@ pub fn build_listing(
             .all(|(i, key)| rfs::stat(root.join(i.to_string())).is_ok_and(|st| (st.st_dev, st.st_ino) == *key));
     if !same_roots {
         tracing::warn!(root = %root.display(), "activity log not used: a replicated directory is not the one it recorded");
-        return Ok(m);
+        return build_with(root, hash);
     }
-    for (rel, e) in m.entries.iter_mut() {
-        if e.kind != Kind::File {
-            continue;
-        }
-        let Ok(st) = rfs::statat(rfs::CWD, root.join(std::ffi::OsStr::from_bytes(&rel.0)), AtFlags::SYMLINK_NOFOLLOW)
-        else {
-            continue;
-        };
-        e.suspect = match log.files.get(&(st.st_dev, st.st_ino)) {
-            Some(crate::zonelog::Tracked::Whole) => Some(Suspect::Whole),
-            Some(crate::zonelog::Tracked::Ranges(r)) => Some(Suspect::Ranges(r.clone())),
-            _ => None,
-        };
-    }
+    let mut m = walk_tree(root, hash, Some(&log.files))?;
     m.activity_log = true;
     Ok(m)
 }
@@ -239,6 +234,8 @@ struct Walker<'a> {
     inodes: HashMap<(u64, u64), Vec<RelPath>>,
     /// The regular files to hash (None: all).
     hash: Option<&'a std::collections::HashSet<RelPath>>,
+    /// An activity log's files, to mark as suspect.
+    activity: Option<&'a HashMap<(u64, u64), crate::zonelog::Tracked>>,
 }
 
 impl Walker<'_> {
@@ -267,7 +264,14 @@ impl Walker<'_> {
             rel.extend_from_slice(name.to_bytes());
             let rel = RelPath(rel);
             let st = rfs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW).map_err(self.err(|| show(&rel.0)))?;
-            let entry = self.entry(dir.as_fd(), &name, &rel, &st)?;
+            let mut entry = self.entry(dir.as_fd(), &name, &rel, &st)?;
+            if entry.kind == Kind::File {
+                entry.suspect = match self.activity.and_then(|a| a.get(&(st.st_dev, st.st_ino))) {
+                    Some(crate::zonelog::Tracked::Whole) => Some(Suspect::Whole),
+                    Some(crate::zonelog::Tracked::Ranges(r)) => Some(Suspect::Ranges(r.clone())),
+                    _ => None,
+                };
+            }
             let is_dir = entry.kind == Kind::Dir;
             if !is_dir && st.st_nlink > 1 {
                 self.inodes.entry((st.st_dev, st.st_ino)).or_default().push(rel.clone());

@@ -7,7 +7,7 @@
 use std::fs::{self, File};
 use std::io::Read;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
 /// Commands inside lab nodes, with a timeout.
 pub mod labcmd;
@@ -116,4 +116,40 @@ pub fn median(v: &[f64]) -> f64 {
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     }
+}
+
+/// The entry point of a bench `name` whose work is `bench`: run only under `cargo bench`
+/// (`--bench`); started as a test (`cargo test --all-targets`) it says how to run it. Exit code 1
+/// when `bench` fails or says something could not be measured (`Ok(false)`).
+pub fn bench_main(name: &str, bench: impl FnOnce() -> Result<bool>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    if !std::env::args().skip(1).any(|a| a == "--bench") {
+        eprintln!(
+            "bench {name}: not run (no --bench): use `cargo bench -p tandem --bench {name}` or scripts/bench-{name}.sh"
+        );
+        return ExitCode::SUCCESS;
+    }
+    match bench() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bench {name}: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The environment variable `name`, or `default` when unset or blank.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+/// The environment variable `name` (or `default`) as an integer of at least `min`.
+pub fn env_num(name: &str, default: &str, min: u64) -> Result<u64> {
+    let s = env_or(name, default);
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n >= min)
+        .ok_or_else(|| anyhow!("{name}={s:?}: expected an integer ≥ {min}"))
 }
