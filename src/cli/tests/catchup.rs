@@ -51,12 +51,13 @@ fn a_returning_secondary_receives_only_what_differs() {
     );
     c.bring_up_replicated();
     assert!(c.log("n1").contains("full copy done: "), "{}", c.log("n1"));
-    // Files changed shortly before tracking starts are compared whole (the zone log's margin:
-    // the replication timeout, 5 s here, plus 5 s): let the tree age past it.
-    std::thread::sleep(Duration::from_secs(11));
+    // No pause: the zone log n1 starts when n2 leaves takes over from its activity log, so it
+    // vouches for everything with no margin (files written just before are not compared).
 
-    // 1. A clean stop of the secondary; the primary goes on ALONE (tracking zones) and changes
-    //    3 zones of the image and writes 5 new files; the secondary comes back.
+    // 1. A clean stop of the secondary; the primary goes on ALONE (tracking zones and names)
+    //    and changes 3 zones of the image, writes 5 new files and removes one; the secondary
+    //    comes back. The log recorded a change in files/ only: n2 lists whole that directory
+    //    alone, the rest by name.
     assert!(c.admin("n2", &["stop"]).status.success());
     c.wait_state("n1", 2, Duration::from_secs(10));
     c.sh(
@@ -79,15 +80,18 @@ fn a_returning_secondary_receives_only_what_differs() {
     c.wait_state("n1", 3, Duration::from_secs(10));
     let (sent, same, unread, line) = wait_catch_up(&c, "n1", None);
     println!("after a clean stop: {line}");
-    assert!(line.contains("(zones and block hashes)"), "{line}");
+    assert!(line.contains("(names, zones and block hashes)"), "{line}");
+    let log = c.log("n1");
+    assert!(
+        log.contains("the secondary lists whole only the 1 directory with changes (and hashes 0 file(s))"),
+        "{log}"
+    );
     assert_eq!(sent, 3 * MIB + 5 * 10_000, "only the 3 changed zones and the 5 new files: {line}");
     assert_eq!((same, unread), (0, 61 * MIB + 99 * 10_000), "the rest is not even read: {line}");
     assert_verify_identical(&c, "n1");
 
     // 1b. The same, but the ALONE primary loses power after writing 2 zones: its zone log
-    //     survives, and the catch-up is still only those zones. (Past the margin again: files
-    //     written just before tracking starts are compared whole.)
-    std::thread::sleep(Duration::from_secs(11));
+    //     survives, and the catch-up is still only those zones.
     assert!(c.admin("n2", &["stop"]).status.success());
     c.wait_state("n1", 2, Duration::from_secs(10));
     c.sh(
@@ -105,6 +109,7 @@ fn a_returning_secondary_receives_only_what_differs() {
     c.wait_state("n1", 3, Duration::from_secs(10));
     let (sent, same, unread, line) = wait_catch_up(&c, "n1", before.as_deref());
     println!("after a power loss of the ALONE primary: {line}");
+    assert!(line.contains("(names, zones and block hashes)"), "{line}");
     assert_eq!(sent, 2 * MIB, "only the 2 zones written before the power loss: {line}");
     assert_eq!((same, unread), (0, 62 * MIB + 104 * 10_000), "{line}");
     assert_verify_identical(&c, "n1");
@@ -159,9 +164,9 @@ while True:
     let (sent, _, unread, line) = wait_catch_up(&c, "n1", before.as_deref());
     println!("after swap: {line}");
     assert_eq!(sent, 0, "a swap sends no data: {line}");
-    // n1 was a Ready secondary: its zone log, started at the swap, vouches for the files that
-    // did not change lately (the image did: it is compared).
-    assert!(line.contains("(zones and block hashes)") && unread >= 104 * 10_000, "{line}\n{}", c.log("n1"));
+    // n1 was a Ready secondary: its zone log, started at the swap, vouches for everything,
+    // names included.
+    assert!(line.contains("(names, zones and block hashes)") && unread >= 104 * 10_000, "{line}\n{}", c.log("n1"));
     assert_verify_identical(&c, "n1");
     let out = c.admin("n1", &["diff"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("in sync"), "{}", String::from_utf8_lossy(&out.stdout));

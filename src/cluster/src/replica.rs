@@ -261,14 +261,23 @@ impl Replica {
                 }
             }
         }
-        self.start_tracking(!was_ready_second);
+        let new = self.start_tracking(!was_ready_second);
+        if new && was_ready_second {
+            // This node's copy was the primary's, operation for operation: a log started now
+            // misses nothing (what the old primary had in flight is in its own activity log).
+            if let Some(log) = &self.zones {
+                log.vouch_names();
+            }
+        }
         Ok(())
     }
 
     /// Records changes in the zone log from now on (before the application may write), going on
     /// with the one on disk if there is one. `cold`: a new log cannot vouch for earlier changes
-    /// and is marked lost at once (the next catch-up compares everything).
-    fn start_tracking(&mut self, cold: bool) {
+    /// and is marked lost at once (the next catch-up compares everything). Returns whether a new
+    /// log was started.
+    fn start_tracking(&mut self, cold: bool) -> bool {
+        let mut new = false;
         if self.zones.is_none() {
             let existed = self.spec.zone_log.exists();
             let opened = self
@@ -291,19 +300,21 @@ impl Replica {
                     if cold && !existed {
                         log.mark_lost();
                     }
+                    new = !existed && !cold;
                     self.zones = Some(Arc::new(log));
                 }
                 Err(e) => {
                     let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!(
                         "zone log unavailable ({e}): the next catch-up compares every file"
                     ))));
-                    return;
+                    return false;
                 }
             }
         }
         for fs in &self.fs {
             fs.set_zone_log(self.zones.clone());
         }
+        new
     }
 
     /// The secondary's copy of join `join_seq` is complete and replicated synchronously: nothing
@@ -483,10 +494,46 @@ impl Replica {
                     "{what}: the secondary is listing (and hashing where needed) what it holds"
                 ))));
                 let started = Instant::now();
+                // A zone log that vouches for every namespace change, and a secondary that left
+                // cleanly: it lists by name only what the log records no change in.
+                let names: Option<Vec<tandem_replication::fs::NamesPlan>> =
+                    zones.as_ref().filter(|l| !peer_dirty && l.usable() && l.names_complete()).and_then(|log| {
+                        // Our own tree's inodes come into the cache meanwhile: the walk stats
+                        // every name.
+                        for fs in fss.iter() {
+                            if let Ok(fd) = fs.backing_dir() {
+                                std::thread::spawn(move || {
+                                    tandem_replication::manifest::prewarm(Path::new(&format!(
+                                        "/proc/self/fd/{}",
+                                        std::os::fd::AsRawFd::as_raw_fd(&fd)
+                                    )))
+                                });
+                            }
+                        }
+                        fss.iter().map(|fs| fs.names_plan(log)).collect()
+                    });
                 // What the secondary holds, at this point of the stream (before any op). With a
                 // usable zone log it hashes only the files the catch-up will compare.
-                let listing = match zones.as_ref().filter(|l| l.usable()) {
-                    Some(log) => {
+                let listing = match (zones.as_ref().filter(|l| l.usable()), &names) {
+                    (Some(_), Some(plans)) => {
+                        let (mut hash, mut whole) = (Vec::new(), Vec::new());
+                        for (i, plan) in plans.iter().enumerate() {
+                            let index = ReplicaSpec::index(i);
+                            let prefixed = |p: &Vec<u8>| dir_prefix(index, &tandem_replication::op::RelPath(p.clone()));
+                            hash.extend(plan.hash.iter().map(prefixed));
+                            whole.extend(plan.full.iter().map(prefixed));
+                        }
+                        let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
+                            "the zone log records every name changed: the secondary lists whole only the {} \
+                             director{} with changes (and hashes {} file(s)); the rest by name",
+                            whole.len(),
+                            if whole.len() == 1 { "y" } else { "ies" },
+                            hash.len()
+                        ))));
+                        let scope = tandem_replication::frame::ListScope::Names { hash, full: whole };
+                        sender.list_scoped(Duration::from_secs(3600), scope)
+                    }
+                    (Some(log), None) => {
                         let mut hash = Vec::new();
                         for (i, fs) in fss.iter().enumerate() {
                             let index = ReplicaSpec::index(i);
@@ -496,7 +543,7 @@ impl Replica {
                         }
                         sender.list(Duration::from_secs(3600), hash)
                     }
-                    None => sender.verify(Duration::from_secs(3600)),
+                    (None, _) => sender.verify(Duration::from_secs(3600)),
                 };
                 let note = |m: &tandem_replication::manifest::Manifest| {
                     let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
@@ -537,16 +584,30 @@ impl Replica {
                     }
                 }
                 let mut bases = split_manifest(manifest, fss.len());
+                let n = fss.len();
                 for (i, fs) in fss.iter().enumerate() {
                     let entries = std::mem::take(&mut bases[i]);
-                    let basis = tandem_replication::fs::Basis { entries, reuse: !full, zones: zones.clone() };
+                    let names = names.as_ref().map(|plans| {
+                        let sender = sender.clone();
+                        let index = ReplicaSpec::index(i);
+                        let fetch: tandem_replication::fs::Fetch = Arc::new(move |dir: &[u8]| {
+                            let d = dir_prefix(index, &tandem_replication::op::RelPath(dir.to_vec()));
+                            let scope = tandem_replication::frame::ListScope::Dir(d);
+                            match sender.list_scoped(Duration::from_secs(3600), scope) {
+                                Ok(Ok(m)) => Ok(std::mem::take(&mut split_manifest(m, n)[i])),
+                                Ok(Err(e)) => Err(format!("the secondary cannot list a directory: {e}")),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        });
+                        tandem_replication::fs::NamesBasis { full: plans[i].full.clone(), fetch }
+                    });
+                    let basis = tandem_replication::fs::Basis { entries, reuse: !full, zones: zones.clone(), names };
                     if let Err(e) = fs.set_basis(basis) {
                         return report(format!("{what} of {}: {e}", fs.mountpoint().display()));
                     }
                 }
                 let mut last_note = Instant::now();
                 let mut sum = tandem_replication::fs::SyncProgress::default();
-                let n = fss.len();
                 for (i, fs) in fss.iter().enumerate() {
                     let result = fs.full_sync(&mut |p| {
                         if last_note.elapsed() >= Duration::from_millis(500) {
@@ -584,7 +645,12 @@ impl Replica {
                 if checked > 0.0 {
                     *last_rate.lock().unwrap() = Some(checked / sum.elapsed.as_secs_f64().max(0.001));
                 }
-                let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(done_line(&sum, full, zones.is_some()))));
+                let how = match (&zones, &names) {
+                    (None, _) => How::Hashes,
+                    (Some(_), None) => How::Zones,
+                    (Some(_), Some(_)) => How::Names,
+                };
+                let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(done_line(&sum, full, how))));
                 let _ = tx.blocking_send(Msg::Repl(ReplEvent::Synced { join_seq }));
             })
             .expect("spawn replication thread");
@@ -596,8 +662,17 @@ impl Replica {
     pub fn stop_sender(&mut self) {
         self.stop_sender_only();
         if !self.fs.is_empty() {
-            self.start_tracking(false);
-            // The zone log records from here (with its margin for what was in flight).
+            let new = self.start_tracking(false);
+            // The zone log records from here. What was in flight is in the activity log (its
+            // zones and directories): imported, the zone log vouches for every change since it
+            // started, names included, with no margin. Without one, the zone log's margin
+            // covers the writes in flight, and names are compared.
+            if let (true, Some(log), Some(al)) = (new, &self.zones, &self.activity) {
+                if let Some((files, dirs)) = al.live() {
+                    log.import(&files, &dirs);
+                    log.vouch_names();
+                }
+            }
             self.stop_activity(false);
         }
     }
@@ -855,7 +930,18 @@ pub fn progress_line(p: &tandem_replication::fs::SyncProgress, full: bool) -> St
 
 /// The module log's line at the end of a full copy or catch-up. The catch-up's byte counts are
 /// exact (tests and benchmarks read them).
-pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool, zones: bool) -> String {
+/// What a catch-up trusted (for its log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// Nothing: every file compared by block hash.
+    Hashes,
+    /// The zone log, for the data of the files.
+    Zones,
+    /// The zone log for names too: unchanged directories listed by name only.
+    Names,
+}
+
+pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool, how: How) -> String {
     let secs = p.elapsed.as_secs_f64().max(0.001);
     if full {
         return format!(
@@ -867,7 +953,11 @@ pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool, zones: bo
             (p.bytes as f64 / 1048576.0) / secs
         );
     }
-    let how = if zones { "zones and block hashes" } else { "block hashes" };
+    let how = match how {
+        How::Hashes => "block hashes",
+        How::Zones => "zones and block hashes",
+        How::Names => "names, zones and block hashes",
+    };
     format!(
         "catch-up done ({how}): {} files, {} directories, {} files compared, {} bytes identical, \
          {} bytes sent, {} bytes not read (zone log), {} stale names removed, in {secs:.2} s",
@@ -975,7 +1065,7 @@ mod tests {
         );
         let c = SyncProgress { removed: 3, unread: 5, ..c };
         assert_eq!(
-            done_line(&c, false, true),
+            done_line(&c, false, How::Zones),
             "catch-up done (zones and block hashes): 120 files, 4 directories, 100 files compared, 39845888 \
              bytes identical, 2097152 bytes sent, 5 bytes not read (zone log), 3 stale names removed, in 2.00 s"
         );

@@ -38,7 +38,16 @@ struct Active {
     touched: HashMap<((u64, u64), Option<u32>), Instant>,
     /// A file handle of each file with active zones, to sync it alone at retirement.
     handles: HashMap<(u64, u64), Handle>,
+    /// Last namespace change in each active directory (see [`ActivityLog::before_dir_change`]).
+    dirs: HashMap<(u64, u64), Instant>,
 }
+
+/// What an activity log holds now ([`ActivityLog::live`]): the files (zones or whole) and the
+/// directories.
+pub type Live = (HashMap<(u64, u64), Tracked>, HashSet<(u64, u64)>);
+
+/// A file whose zones retire, with its handle if one was taken.
+type FileToSync = ((u64, u64), Option<Handle>);
 
 /// At most this many files are synced one by one at a retirement; more, and it is `syncfs`.
 const SYNC_ONE_BY_ONE: usize = 256;
@@ -138,7 +147,7 @@ impl ActivityLog {
             zone_shift: zone_size.trailing_zeros(),
             window,
             dirs: with_dev,
-            active: Mutex::new(Active { log, touched: HashMap::new(), handles: HashMap::new() }),
+            active: Mutex::new(Active { log, touched: HashMap::new(), handles: HashMap::new(), dirs: HashMap::new() }),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             failed: AtomicBool::new(false),
             syncfs_count: std::sync::atomic::AtomicU64::new(0),
@@ -235,36 +244,70 @@ impl ActivityLog {
         }
     }
 
+    /// Before an entry of the directory `key` is created, removed, renamed or linked, or an
+    /// entry's attributes change. Only the zone log that takes over when the secondary leaves
+    /// needs these (an operation in flight then): a node back from a crash compares every name.
+    pub fn before_dir_change(&self, key: (u64, u64)) {
+        let now = Instant::now();
+        let mut a = self.lock();
+        if let Some(t) = a.dirs.get_mut(&key) {
+            *t = now;
+            return;
+        }
+        a.log.before_dir_change(key);
+        if a.log.lost() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        a.dirs.insert(key, now);
+    }
+
+    /// What the log holds now: the files with active zones (or whole) and the active
+    /// directories, for the zone log that takes over when the secondary leaves. `None` if a
+    /// record could not be written (the log then vouches for nothing).
+    pub fn live(&self) -> Option<Live> {
+        let a = self.lock();
+        if self.failed() || a.log.lost() {
+            return None;
+        }
+        Some((a.log.recorded(), a.log.changed_dirs()))
+    }
+
     /// Zones and files not written for the window leave the log, once the directories are synced
-    /// (`now` is when the caller looked; the sync comes after).
+    /// (`now` is when the caller looked; the sync comes after). Directories leave after the
+    /// window, with no sync (see [`ActivityLog::before_dir_change`]).
     pub fn retire(&self, now: Instant) -> Result<usize, String> {
         let Some(cut) = now.checked_sub(self.window) else { return Ok(0) };
-        let files: Vec<((u64, u64), Option<Handle>)> = {
+        let (files, idle_dirs): (Vec<FileToSync>, bool) = {
             let a = self.lock();
             let mut keys: Vec<(u64, u64)> = a.touched.iter().filter(|(_, t)| **t < cut).map(|((k, _), _)| *k).collect();
             keys.sort_unstable();
             keys.dedup();
-            keys.into_iter().map(|k| (k, a.handles.get(&k).cloned())).collect()
+            (keys.into_iter().map(|k| (k, a.handles.get(&k).cloned())).collect(), a.dirs.values().any(|t| *t < cut))
         };
-        if files.is_empty() {
+        if files.is_empty() && !idle_dirs {
             return Ok(0);
         }
         // Everything written before `cut` is in the page cache or on disk: make it durable.
-        self.sync_files(&files)?;
+        if !files.is_empty() {
+            self.sync_files(&files)?;
+        }
         let mut a = self.lock();
         if self.halted() {
             // Removed meanwhile: a rewrite would put the log back.
             return Ok(0);
         }
-        let before = a.touched.len();
+        let before = a.touched.len() + a.dirs.len();
         a.touched.retain(|_, t| *t >= cut);
+        a.dirs.retain(|_, t| *t >= cut);
         let still: HashSet<(u64, u64)> = a.touched.keys().map(|(k, _)| *k).collect();
         a.handles.retain(|k, _| still.contains(k));
-        let touched = &a.touched;
-        let new =
-            a.log.rewrite(|key, zone| touched.contains_key(&(key, zone))).map_err(|e: ZoneLogError| e.to_string())?;
+        let (touched, dirs) = (&a.touched, &a.dirs);
+        let new = a
+            .log
+            .rewrite(|key, zone| touched.contains_key(&(key, zone)), |key| dirs.contains_key(&key))
+            .map_err(|e: ZoneLogError| e.to_string())?;
         a.log = new;
-        Ok(before - a.touched.len())
+        Ok(before - a.touched.len() - a.dirs.len())
     }
 
     /// Makes the data of `files` durable: each by `fdatasync`, or, when they are many or one
@@ -301,9 +344,10 @@ impl ActivityLog {
         Ok(())
     }
 
-    /// Zones and whole files active now (tests).
+    /// Zones, whole files and directories active now (tests).
     pub fn active(&self) -> usize {
-        self.lock().touched.len()
+        let a = self.lock();
+        a.touched.len() + a.dirs.len()
     }
 
     /// Stops the maintenance thread and removes the log: this node's copy no longer needs it
@@ -402,6 +446,34 @@ mod tests {
         al.remove().unwrap();
         assert!(!path.exists());
         assert!(ActivityLog::read(&path).is_none(), "no log: nothing to trust");
+    }
+
+    #[test]
+    fn directories_are_live_until_the_window_passes_and_need_no_sync() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let path = d.path().join("activity.log");
+        let window = Duration::from_secs(3600);
+        let fd: OwnedFd = std::fs::File::open(&data).unwrap().into();
+        let al = ActivityLog::start(&path, 1 << 20, window, vec![fd]).unwrap();
+        al.before_dir_change((9, 1));
+        al.before_dir_change((9, 1));
+        al.before_dir_change((9, 2));
+        let (files, dirs) = al.live().unwrap();
+        assert!(files.is_empty());
+        assert_eq!(dirs, HashSet::from([(9, 1), (9, 2)]));
+        // Durable: a crash now leaves both in the log.
+        let log = ZoneLog::open_existing(&path).unwrap().unwrap();
+        assert_eq!(log.changed_dirs(), HashSet::from([(9, 1), (9, 2)]));
+        drop(log);
+        let later = Instant::now() + window + Duration::from_secs(1);
+        al.lock().dirs.insert((9, 2), later - Duration::from_secs(1));
+        assert_eq!(al.retire(later).unwrap(), 1);
+        assert_eq!(al.syncfs_count.load(Ordering::Relaxed), 0, "no sync for directories alone");
+        assert_eq!(al.live().unwrap().1, HashSet::from([(9, 2)]));
+        assert_eq!(ZoneLog::open_existing(&path).unwrap().unwrap().changed_dirs(), HashSet::from([(9, 2)]));
+        al.remove().unwrap();
     }
 
     #[test]

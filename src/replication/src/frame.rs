@@ -86,6 +86,23 @@ pub enum Frame {
         id: u64,
         hash: Vec<crate::op::RelPath>,
     },
+    /// As `List`, for a catch-up that trusts a zone log vouching for every namespace change:
+    /// what `scope` says. Answered with `Manifest`.
+    ListScoped {
+        id: u64,
+        scope: ListScope,
+    },
+}
+
+/// What a `ListScoped` request asks the secondary to list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListScope {
+    /// The whole tree, the entries of unchanged directories by name and kind only
+    /// ([`crate::manifest::build_names`]): `full` lists the directories whose entries are listed
+    /// whole, `hash` the regular files to hash.
+    Names { hash: Vec<crate::op::RelPath>, full: Vec<crate::op::RelPath> },
+    /// The entries of one directory, whole, without hashes ([`crate::manifest::build_dir`]).
+    Dir(crate::op::RelPath),
 }
 
 impl Frame {
@@ -101,6 +118,7 @@ impl Frame {
             Frame::Verify { .. } => "Verify",
             Frame::Manifest { .. } => "Manifest",
             Frame::List { .. } => "List",
+            Frame::ListScoped { .. } => "ListScoped",
         }
     }
 }

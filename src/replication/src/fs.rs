@@ -123,6 +123,40 @@ pub struct Basis {
     /// (the secondary left cleanly): a kept file is then compared only in its recorded zones,
     /// and not read at all if the log never saw it change (and its ctime, size and mtime agree).
     pub zones: Option<Arc<crate::zonelog::ZoneLog>>,
+    /// A names catch-up: `entries` is a names listing ([`crate::manifest::build_names`]).
+    pub names: Option<NamesBasis>,
+}
+
+/// Asks the secondary for the entries of one directory, whole ([`crate::manifest::build_dir`]),
+/// at this point of the stream; the paths are relative to the replicated directory.
+pub type Fetch = Arc<
+    dyn Fn(&[u8]) -> Result<std::collections::BTreeMap<crate::op::RelPath, crate::manifest::Entry>, String>
+        + Send
+        + Sync,
+>;
+
+/// The basis of a names catch-up (a zone log vouching for every namespace change): the
+/// secondary listed whole only the entries of the directories in `full`; a directory the log
+/// records a change in later is asked for with `fetch` before it is listed.
+#[derive(Clone)]
+pub struct NamesBasis {
+    pub full: Vec<Vec<u8>>,
+    pub fetch: Fetch,
+}
+
+impl std::fmt::Debug for NamesBasis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamesBasis").field("full", &self.full).finish_non_exhaustive()
+    }
+}
+
+/// What the secondary lists for a names catch-up ([`ReplicatedFs::names_plan`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NamesPlan {
+    /// Directories whose entries it lists whole (a namespace change recorded in them).
+    pub full: Vec<Vec<u8>>,
+    /// Regular files it hashes (recorded whole).
+    pub hash: Vec<Vec<u8>>,
 }
 
 fn io_err(path: &Path, what: &'static str, e: sys::Errno) -> FsError {
@@ -339,6 +373,12 @@ impl ReplicatedFs {
     /// which are replicated as they come) at `bytes_per_sec` (None: no cap).
     pub fn set_resync_bandwidth(&self, bytes_per_sec: Option<u64>) {
         self.inner.resync_bandwidth.store(bytes_per_sec.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What the secondary lists for a catch-up that trusts `log` for names too (None: it cannot).
+    /// A walk of the directories only.
+    pub fn names_plan(&self, log: &crate::zonelog::ZoneLog) -> Option<NamesPlan> {
+        self.inner.names_plan(log)
     }
 
     /// The files a catch-up trusting `log` compares by block hash: the secondary's manifest needs

@@ -82,6 +82,10 @@ pub struct Entry {
     /// as primary: [`build_listing`]).
     #[serde(default)]
     pub suspect: Option<Suspect>,
+    /// Only the name and the kind are known (a names listing, [`build_names`]): the rest of the
+    /// entry is zero.
+    #[serde(default)]
+    pub bare: bool,
 }
 
 impl Entry {
@@ -103,6 +107,7 @@ impl Entry {
             blocks: Vec::new(),
             hash: None,
             suspect: None,
+            bare: false,
         }
     }
 }
@@ -183,24 +188,79 @@ fn walk_tree(
     let err = |what: String| move |e: Errno| ManifestError::Io { root: root.to_owned(), what, source: e.into() };
     let root_fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(err("open".into()))?;
-    let mut w = Walker { root, entries: BTreeMap::new(), inodes: HashMap::new(), hash, activity };
+    let mut w = Walker { root, entries: BTreeMap::new(), inodes: HashMap::new(), hash, activity, names: None };
     let st = rfs::fstat(&root_fd).map_err(err("stat".into()))?;
     let root_entry = w.entry(root_fd.as_fd(), c".", &RelPath(Vec::new()), &st)?;
     w.entries.insert(RelPath(Vec::new()), root_entry);
     w.walk(root_fd, Vec::new())?;
-    // Hard-link groups: every name of an inode seen more than once names the group by its first
-    // name (BTreeSet order, the same on both copies).
-    for mut names in w.inodes.into_values() {
-        if names.len() > 1 {
-            names.sort();
-            let first = names[0].clone();
-            for n in names {
-                if let Some(e) = w.entries.get_mut(&n) {
-                    e.link_group = Some(first.clone());
-                }
-            }
+    w.link_groups();
+    Ok(Manifest { block_size: BLOCK_SIZE, entries: w.entries, activity_log: false })
+}
+
+/// A names listing, for a catch-up that trusts a zone log vouching for every namespace change
+/// (zonelog.rs): the entries of the directories in `full`, the directories, the files in `hash`
+/// (hashed) and whatever the directory does not type (`DT_UNKNOWN`) are listed whole; every other
+/// entry is [`Entry::bare`]: its name and kind, from the directory alone, without a `stat`.
+pub fn build_names(
+    root: &Path,
+    hash: &std::collections::HashSet<RelPath>,
+    full: &std::collections::HashSet<RelPath>,
+) -> Result<Manifest, ManifestError> {
+    let err = |what: String| move |e: Errno| ManifestError::Io { root: root.to_owned(), what, source: e.into() };
+    let root_fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(err("open".into()))?;
+    let mut w = Walker {
+        root,
+        entries: BTreeMap::new(),
+        inodes: HashMap::new(),
+        hash: Some(hash),
+        activity: None,
+        names: Some(full),
+    };
+    let st = rfs::fstat(&root_fd).map_err(err("stat".into()))?;
+    let root_entry = w.entry(root_fd.as_fd(), c".", &RelPath(Vec::new()), &st)?;
+    w.entries.insert(RelPath(Vec::new()), root_entry);
+    w.walk(root_fd, Vec::new())?;
+    w.link_groups();
+    Ok(Manifest { block_size: BLOCK_SIZE, entries: w.entries, activity_log: false })
+}
+
+/// The entries of the directory `dir` (relative to `root`), listed whole without hashes, not
+/// below: what a names catch-up asks for a directory changed after its listing. A directory that
+/// is not there gives no entries.
+pub fn build_dir(root: &Path, dir: &RelPath) -> Result<Manifest, ManifestError> {
+    let err = |what: String| move |e: Errno| ManifestError::Io { root: root.to_owned(), what, source: e.into() };
+    let root_fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(err("open".into()))?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = if dir.0.is_empty() {
+        Ok(root_fd)
+    } else {
+        let c = CString::new(dir.0.clone()).map_err(|_| ManifestError::Io {
+            root: root.to_owned(),
+            what: "a path with a NUL byte".into(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        })?;
+        rfs::openat(&root_fd, c.as_c_str(), flags, Mode::empty())
+    };
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
+            return Ok(Manifest { block_size: BLOCK_SIZE, entries: BTreeMap::new(), activity_log: false })
         }
-    }
+        Err(e) => return Err(err(String::from_utf8_lossy(&dir.0).into_owned())(e)),
+    };
+    let none = std::collections::HashSet::new();
+    let mut w = Walker {
+        root,
+        entries: BTreeMap::new(),
+        inodes: HashMap::new(),
+        hash: Some(&none),
+        activity: None,
+        names: None,
+    };
+    w.list(fd, dir.0.clone(), false)?;
+    w.link_groups();
     Ok(Manifest { block_size: BLOCK_SIZE, entries: w.entries, activity_log: false })
 }
 
@@ -236,6 +296,8 @@ struct Walker<'a> {
     hash: Option<&'a std::collections::HashSet<RelPath>>,
     /// An activity log's files, to mark as suspect.
     activity: Option<&'a HashMap<(u64, u64), crate::zonelog::Tracked>>,
+    /// A names listing ([`build_names`]): the directories whose entries are listed whole.
+    names: Option<&'a std::collections::HashSet<RelPath>>,
 }
 
 impl Walker<'_> {
@@ -243,7 +305,28 @@ impl Walker<'_> {
         move |e| ManifestError::Io { root: self.root.to_owned(), what: what(), source: e.into() }
     }
 
+    /// Hard-link groups: every name of an inode seen more than once names the group by its first
+    /// name (BTreeSet order, the same on both copies).
+    fn link_groups(&mut self) {
+        for mut names in std::mem::take(&mut self.inodes).into_values() {
+            if names.len() > 1 {
+                names.sort();
+                let first = names[0].clone();
+                for n in names {
+                    if let Some(e) = self.entries.get_mut(&n) {
+                        e.link_group = Some(first.clone());
+                    }
+                }
+            }
+        }
+    }
+
     fn walk(&mut self, dir: OwnedFd, prefix: Vec<u8>) -> Result<(), ManifestError> {
+        self.list(dir, prefix, true)
+    }
+
+    /// Lists the entries of `dir` (at `prefix`), and below if `deep`.
+    fn list(&mut self, dir: OwnedFd, prefix: Vec<u8>, deep: bool) -> Result<(), ManifestError> {
         let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
         let mut names = Vec::new();
         {
@@ -252,17 +335,33 @@ impl Walker<'_> {
                 let ent = ent.map_err(self.err(|| format!("read directory {:?}", show(&prefix))))?;
                 let n = ent.file_name().to_bytes();
                 if n != b"." && n != b".." {
-                    names.push(ent.file_name().to_owned());
+                    names.push((ent.file_name().to_owned(), ent.file_type()));
                 }
             }
         }
-        for name in names {
+        // A names listing: the entries of a directory not in `full` are bare, unless typed as
+        // directories (or not typed), or to be hashed.
+        let bare_here = self.names.is_some_and(|full| !full.contains(&RelPath(prefix.clone())));
+        for (name, dtype) in names {
             let mut rel = prefix.clone();
             if !rel.is_empty() {
                 rel.push(b'/');
             }
             rel.extend_from_slice(name.to_bytes());
             let rel = RelPath(rel);
+            let bare_kind = match dtype {
+                FileType::RegularFile => Some(Kind::File),
+                FileType::Symlink => Some(Kind::Symlink),
+                FileType::Fifo => Some(Kind::Fifo),
+                FileType::Socket => Some(Kind::Socket),
+                FileType::CharacterDevice => Some(Kind::CharDev),
+                FileType::BlockDevice => Some(Kind::BlockDev),
+                FileType::Directory | FileType::Unknown => None,
+            };
+            if let Some(kind) = bare_kind.filter(|_| bare_here && self.hash.is_none_or(|h| !h.contains(&rel))) {
+                self.entries.insert(rel, Entry { bare: true, ..Entry::bare(kind) });
+                continue;
+            }
             let st = rfs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW).map_err(self.err(|| show(&rel.0)))?;
             let mut entry = self.entry(dir.as_fd(), &name, &rel, &st)?;
             if entry.kind == Kind::File {
@@ -277,7 +376,7 @@ impl Walker<'_> {
                 self.inodes.entry((st.st_dev, st.st_ino)).or_default().push(rel.clone());
             }
             self.entries.insert(rel.clone(), entry);
-            if is_dir {
+            if is_dir && deep {
                 let sub = rfs::openat(
                     &dir,
                     &name,
@@ -335,6 +434,7 @@ impl Walker<'_> {
             blocks,
             hash,
             suspect: None,
+            bare: false,
         })
     }
 }

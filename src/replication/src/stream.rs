@@ -206,7 +206,7 @@ struct State {
     closing: bool,
     /// `Verify` (or `List`, with the files to hash) requests to send once everything up to their
     /// seq is sent: (id, upto, files to hash).
-    verify_pending: VecDeque<(u64, u64, Option<Vec<crate::op::RelPath>>)>,
+    verify_pending: VecDeque<(u64, u64, Ask)>,
     verify_results: std::collections::HashMap<u64, Result<crate::manifest::Manifest, String>>,
     next_verify: u64,
 }
@@ -396,7 +396,17 @@ impl Sender {
     /// `tandem verify`: the manifest of the secondary's copy once every operation submitted before
     /// this call is applied there. A timeout does not break the stream.
     pub fn verify(&self, timeout: Duration) -> Result<Result<crate::manifest::Manifest, String>, ReplError> {
-        self.manifest(timeout, None)
+        self.manifest(timeout, Ask::Verify)
+    }
+
+    /// As [`Sender::verify`], listing what `scope` says (a catch-up that trusts a zone log
+    /// vouching for every namespace change).
+    pub fn list_scoped(
+        &self,
+        timeout: Duration,
+        scope: crate::frame::ListScope,
+    ) -> Result<Result<crate::manifest::Manifest, String>, ReplError> {
+        self.manifest(timeout, Ask::Scoped(scope))
     }
 
     /// As [`Sender::verify`], with block hashes only for the files in `hash` (a catch-up that
@@ -406,14 +416,10 @@ impl Sender {
         timeout: Duration,
         hash: Vec<crate::op::RelPath>,
     ) -> Result<Result<crate::manifest::Manifest, String>, ReplError> {
-        self.manifest(timeout, Some(hash))
+        self.manifest(timeout, Ask::Hash(hash))
     }
 
-    fn manifest(
-        &self,
-        timeout: Duration,
-        hash: Option<Vec<crate::op::RelPath>>,
-    ) -> Result<Result<crate::manifest::Manifest, String>, ReplError> {
+    fn manifest(&self, timeout: Duration, ask: Ask) -> Result<Result<crate::manifest::Manifest, String>, ReplError> {
         let deadline = Instant::now() + timeout;
         let peer = self.shared.peer;
         let mut st = self.shared.lock();
@@ -423,7 +429,7 @@ impl Sender {
         let id = st.next_verify;
         st.next_verify += 1;
         let upto = st.next_seq - 1;
-        st.verify_pending.push_back((id, upto, hash));
+        st.verify_pending.push_back((id, upto, ask));
         self.shared.work.notify_all();
         loop {
             if let Some(r) = st.verify_results.remove(&id) {
@@ -545,10 +551,11 @@ fn send_loop(shared: &Shared, mut w: ChannelWriter) {
                 if st.sent < *upto {
                     break;
                 }
-                let (id, _, hash) = st.verify_pending.pop_front().expect("non-empty");
-                verifies.push(match hash {
-                    None => Frame::Verify { id },
-                    Some(hash) => Frame::List { id, hash },
+                let (id, _, ask) = st.verify_pending.pop_front().expect("non-empty");
+                verifies.push(match ask {
+                    Ask::Verify => Frame::Verify { id },
+                    Ask::Hash(hash) => Frame::List { id, hash },
+                    Ask::Scoped(scope) => Frame::ListScoped { id, scope },
                 });
             }
             (first_seq, ops, flush, verifies)
@@ -646,6 +653,15 @@ enum Work {
     Batch { first_seq: u64, ops: Vec<Op> },
     Flush,
     Verify { id: u64, hash: Option<std::collections::HashSet<crate::op::RelPath>> },
+    Scoped { id: u64, scope: crate::frame::ListScope },
+}
+
+/// What a listing request asks (see [`Frame::Verify`], [`Frame::List`], [`Frame::ListScoped`]).
+#[derive(Debug)]
+enum Ask {
+    Verify,
+    Hash(Vec<crate::op::RelPath>),
+    Scoped(crate::frame::ListScope),
 }
 
 impl Receiver {
@@ -789,6 +805,11 @@ impl Receiver {
                         break Ok(());
                     }
                 }
+                Frame::ListScoped { id, scope } => {
+                    if tx.send(Work::Scoped { id, scope }).is_err() {
+                        break Ok(());
+                    }
+                }
                 Frame::Error { message } => break Err(ReplError::Peer { peer, message }),
                 Frame::Bye => match reader.read_frame() {
                     Ok(None) => break Ok(()),
@@ -880,6 +901,16 @@ fn apply_loop(
             }
             Work::Verify { id, hash } => {
                 let manifest = crate::manifest::build_listing(root, hash.as_ref(), activity).map_err(|e| e.to_string());
+                send(Frame::Manifest { id, manifest })?;
+            }
+            Work::Scoped { id, scope } => {
+                let manifest = match scope {
+                    crate::frame::ListScope::Names { hash, full } => {
+                        crate::manifest::build_names(root, &hash.into_iter().collect(), &full.into_iter().collect())
+                    }
+                    crate::frame::ListScope::Dir(dir) => crate::manifest::build_dir(root, &dir),
+                }
+                .map_err(|e| e.to_string());
                 send(Frame::Manifest { id, manifest })?;
             }
             Work::Flush => {

@@ -15,8 +15,17 @@
 //! it whole first; a file never recorded is trusted unchanged only if its ctime is older than the
 //! start of tracking minus a margin (writes in flight when tracking began, and changes made
 //! outside the layer, all move the ctime). A directory renamed at all makes every file suspect.
+//!
+//! Namespace changes are recorded too: before an entry of a directory is created, removed,
+//! renamed or linked, or an entry's attributes (mode, owner, times, xattrs) change, the
+//! directory is recorded (a DIR record, once per directory). A log that holds a NAMES record
+//! vouches for every change since it started, with no margin: it was started as the in-sync
+//! secondary left, with the activity log's zones and directories (what was in flight) imported,
+//! or by a node that was the in-sync secondary. Such a log lets a catch-up skip what it records
+//! nothing of: the secondary lists only the names of unchanged directories (see
+//! docs/replication.md, "Namespace log").
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -45,6 +54,10 @@ const LOST: u8 = 4;
 /// The (st_dev, st_ino) of a replicated directory (its index in the zone field): an activity log
 /// names files by inode, valid only on the same filesystem (see activity.rs).
 const ROOT: u8 = 5;
+/// A directory (by st_dev, st_ino) whose entries or their attributes changed.
+const DIR: u8 = 6;
+/// The log records every change since it started, namespace included, with no margin.
+const NAMES: u8 = 7;
 
 /// What the log says of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +95,10 @@ struct State {
     dir_renamed: bool,
     lost: bool,
     roots: Vec<(u32, (u64, u64))>,
+    /// Directories with a DIR record.
+    dirs: HashSet<(u64, u64)>,
+    /// A NAMES record was written.
+    names: bool,
 }
 
 pub struct ZoneLog {
@@ -212,10 +229,19 @@ impl ZoneLog {
     }
 
     /// Replaces the log with a new one (same zone size, tracking from now) holding only the
-    /// roots, the whole files and the zones `keep` accepts: see [`ZoneLog::create`].
-    pub fn rewrite(&self, keep: impl Fn((u64, u64), Option<u32>) -> bool) -> Result<ZoneLog, ZoneLogError> {
+    /// roots, the whole files, the zones `keep` accepts and the directories `keep_dir` accepts:
+    /// see [`ZoneLog::create`].
+    pub fn rewrite(
+        &self,
+        keep: impl Fn((u64, u64), Option<u32>) -> bool,
+        keep_dir: impl Fn((u64, u64)) -> bool,
+    ) -> Result<ZoneLog, ZoneLogError> {
         let st = self.lock();
         let mut records: Vec<[u8; 32]> = st.roots.iter().map(|(i, k)| record(ROOT, *i, *k)).collect();
+        if st.names {
+            records.push(record(NAMES, 0, (0, 0)));
+        }
+        records.extend(st.dirs.iter().filter(|k| keep_dir(**k)).map(|k| record(DIR, 0, *k)));
         for (key, f) in &st.files {
             match f {
                 FileState::Whole if keep(*key, None) => records.push(record(WHOLE, 0, *key)),
@@ -241,6 +267,8 @@ impl ZoneLog {
             dir_renamed: false,
             lost: false,
             roots: Vec::new(),
+            dirs: HashSet::new(),
+            names: false,
         };
         let mut buf = vec![0u8; (GROWTH as usize).min(1 << 20)];
         let mut off = HEADER;
@@ -274,6 +302,10 @@ impl ZoneLog {
                     DIR_RENAMED => st.dir_renamed = true,
                     LOST => st.lost = true,
                     ROOT => st.roots.push((zone, key)),
+                    DIR => {
+                        st.dirs.insert(key);
+                    }
+                    NAMES => st.names = true,
                     _ => {
                         torn = true;
                         break 'read;
@@ -348,9 +380,104 @@ impl ZoneLog {
         (st.records, st.files.len())
     }
 
-    /// Whether `ctime` is too recent to trust an unrecorded file (see [`MARGIN`]).
-    fn recent(&self, ctime: SystemTime) -> bool {
-        ctime + self.margin >= self.started
+    /// Whether `ctime` is too recent to trust an unrecorded file (see [`MARGIN`]). Never, in a
+    /// log that vouches for every change since it started.
+    fn recent(&self, st: &State, ctime: SystemTime) -> bool {
+        !st.names && ctime + self.margin >= self.started
+    }
+
+    /// From now on the log vouches for every change since it started, namespace included, with
+    /// no margin (durably). Only for a log started when nothing unrecorded can have happened:
+    /// see the module documentation.
+    pub fn vouch_names(&self) {
+        let mut st = self.lock();
+        if !st.names {
+            self.append(&mut st, &[record(NAMES, 0, (0, 0))]);
+            if !st.lost {
+                st.names = true;
+            }
+        }
+    }
+
+    /// Whether the log records every namespace change since it started (and is usable): a
+    /// catch-up may then trust the names of the directories it records nothing of.
+    pub fn names_complete(&self) -> bool {
+        let st = self.lock();
+        st.names && !st.lost && !st.dir_renamed
+    }
+
+    /// Before an entry of the directory `key` is created, removed, renamed or linked, or an
+    /// entry's attributes change: the directory is recorded (once), durably.
+    pub fn before_dir_change(&self, key: (u64, u64)) {
+        let mut st = self.lock();
+        if st.lost || st.dirs.contains(&key) {
+            return;
+        }
+        self.append(&mut st, &[record(DIR, 0, key)]);
+        if !st.lost {
+            st.dirs.insert(key);
+        }
+    }
+
+    /// Whether the directory `key` has a DIR record.
+    pub fn dir_changed(&self, key: (u64, u64)) -> bool {
+        self.lock().dirs.contains(&key)
+    }
+
+    /// The directories with a DIR record.
+    pub fn changed_dirs(&self) -> HashSet<(u64, u64)> {
+        self.lock().dirs.clone()
+    }
+
+    /// Records, in one durable append, what another log holds (an activity log's live zones,
+    /// whole files and directories, when the zone log takes over from it).
+    pub fn import(&self, files: &HashMap<(u64, u64), Tracked>, dirs: &HashSet<(u64, u64)>) {
+        let mut st = self.lock();
+        if st.lost {
+            return;
+        }
+        let zone = 1u64 << self.zone_shift;
+        let mut new = Vec::new();
+        let mut whole = Vec::new();
+        let mut zones = Vec::new();
+        for (key, t) in files {
+            match (t, st.files.get(key)) {
+                (_, Some(FileState::Whole)) | (Tracked::Untouched, _) => {}
+                (Tracked::Whole, _) => {
+                    new.push(record(WHOLE, 0, *key));
+                    whole.push(*key);
+                }
+                (Tracked::Ranges(r), have) => {
+                    for (start, len) in r {
+                        for n in (start / zone)..(start + len).div_ceil(zone) {
+                            let n = n as u32;
+                            if !matches!(have, Some(FileState::Zones(z)) if z.contains(&n)) {
+                                new.push(record(ZONE, n, *key));
+                                zones.push((*key, n));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let new_dirs: Vec<(u64, u64)> = dirs.iter().filter(|k| !st.dirs.contains(k)).copied().collect();
+        new.extend(new_dirs.iter().map(|k| record(DIR, 0, *k)));
+        if new.is_empty() {
+            return;
+        }
+        self.append(&mut st, &new);
+        if st.lost {
+            return;
+        }
+        for k in whole {
+            st.files.insert(k, FileState::Whole);
+        }
+        for (k, n) in zones {
+            if let FileState::Zones(z) = st.files.entry(k).or_insert_with(|| FileState::Zones(BTreeSet::new())) {
+                z.insert(n);
+            }
+        }
+        st.dirs.extend(new_dirs);
     }
 
     /// Appends `records` and makes them durable. On failure the log is lost (in memory at once,
@@ -407,7 +534,7 @@ impl ZoneLog {
             Some(FileState::Zones(z)) => {
                 (first..=last).filter(|n| !z.contains(n)).map(|n| record(ZONE, n, key)).collect()
             }
-            None if self.recent(ctime) => vec![record(WHOLE, 0, key)],
+            None if self.recent(&st, ctime) => vec![record(WHOLE, 0, key)],
             None => (first..=last).map(|n| record(ZONE, n, key)).collect(),
         };
         if new.is_empty() {
@@ -491,7 +618,7 @@ impl ZoneLog {
             return None;
         }
         Some(match st.files.get(&key) {
-            None if self.recent(ctime) => Tracked::Whole,
+            None if self.recent(&st, ctime) => Tracked::Whole,
             None => Tracked::Untouched,
             Some(FileState::Whole) => Tracked::Whole,
             Some(FileState::Zones(z)) => {
@@ -542,6 +669,50 @@ mod tests {
         log.before_dir_rename();
         assert_eq!(log.lookup((1, 11), old()), None, "after a directory rename, everything is compared");
         assert_eq!(log.size().0, 6);
+    }
+
+    #[test]
+    fn names_are_recorded_once_kept_by_a_rewrite_and_vouched_with_no_margin() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("zones");
+        let log = ZoneLog::open_with_margin(&path, 1 << 20, Duration::from_secs(3600)).unwrap();
+        // Not vouched: a file changed within the margin is compared, names are not trusted.
+        assert!(!log.names_complete());
+        assert_eq!(log.lookup((1, 50), SystemTime::now()), Some(Tracked::Whole));
+        log.before_dir_change((1, 2));
+        log.before_dir_change((1, 2));
+        log.before_dir_change((1, 3));
+        assert_eq!(log.size().0, 2, "one record per directory");
+        // What an activity log held when the secondary left: its zones, a whole file, directories.
+        let files = HashMap::from([
+            ((1, 60), Tracked::Ranges(vec![(0, 2 << 20), (5 << 20, 1 << 20)])),
+            ((1, 61), Tracked::Whole),
+            ((1, 62), Tracked::Untouched),
+        ]);
+        log.import(&files, &HashSet::from([(1, 3), (1, 4)]));
+        assert_eq!(log.size().0, 2 + 3 + 1 + 1, "3 zones, 1 whole, 1 new directory, in one append");
+        log.vouch_names();
+        log.vouch_names();
+        assert!(log.names_complete());
+        assert_eq!(log.lookup((1, 50), SystemTime::now()), Some(Tracked::Untouched), "no margin once vouched");
+        log.before_write((1, 51), 0, 1, SystemTime::now());
+        assert_eq!(log.lookup((1, 51), SystemTime::now()), Some(Tracked::Ranges(vec![(0, 1 << 20)])));
+        drop(log);
+        let log = ZoneLog::open_with_margin(&path, 1 << 20, Duration::from_secs(3600)).unwrap();
+        assert!(log.names_complete(), "the NAMES record is durable");
+        assert_eq!(log.changed_dirs(), HashSet::from([(1, 2), (1, 3), (1, 4)]));
+        assert_eq!(log.lookup((1, 60), old()), Some(Tracked::Ranges(vec![(0, 2 << 20), (5 << 20, 1 << 20)])));
+        assert_eq!(log.lookup((1, 61), old()), Some(Tracked::Whole));
+        // A rewrite (the activity log's retirement) keeps the directories asked for and NAMES.
+        let new = log.rewrite(|_, _| true, |k| k != (1, 3)).unwrap();
+        drop((log, new));
+        let log = ZoneLog::open_or_start(&path, 1 << 20).unwrap();
+        assert!(log.names_complete());
+        assert_eq!(log.changed_dirs(), HashSet::from([(1, 2), (1, 4)]));
+        assert!(log.dir_changed((1, 2)) && !log.dir_changed((1, 3)));
+        // A directory renamed: names (and zones) no longer vouched for.
+        log.before_dir_rename();
+        assert!(!log.names_complete() && !log.usable());
     }
 
     #[test]

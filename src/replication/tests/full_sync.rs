@@ -381,8 +381,8 @@ struct Writers {
 const BIG: u64 = 64 << 20;
 
 /// `dir_renames`: whether the namespace writer also moves whole directories (which makes a zone
-/// log compare everything).
-fn start_writers(p: &Path, seed: u64, big: File, dir_renames: bool) -> Writers {
+/// log compare everything); it may change while the writers run.
+fn start_writers(p: &Path, seed: u64, big: File, dir_renames: Arc<AtomicBool>) -> Writers {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     // 1. Known patterns at known offsets of the big file, through a handle opened before the
@@ -444,7 +444,7 @@ fn start_writers(p: &Path, seed: u64, big: File, dir_renames: bool) -> Writers {
             while !stop.load(Ordering::Relaxed) {
                 let d = |r: &mut Rng| format!("d{}", r.below(10));
                 let mut op = rng.below(8);
-                if !dir_renames && (op == 2 || op == 6) {
+                if !dir_renames.load(Ordering::Relaxed) && (op == 2 || op == 6) {
                     op = 0;
                 }
                 match op {
@@ -581,6 +581,9 @@ enum Replica {
     Stale,
     /// In sync when the zone log started (the secondary left cleanly): a zone catch-up.
     Tracked,
+    /// The same with a log vouching for names: a names catch-up (unchanged directories listed
+    /// by name only, directories changed later asked for whole).
+    Names,
 }
 
 /// (2) The race: writers change the tree through the mount during the whole sync (and a little
@@ -600,22 +603,41 @@ fn race(name: &str, replica: Replica) {
             make_stale(&a.replica, &mut rng);
         }
         let fsys = ReplicatedFs::mount(&p, MountOptions::new(format!("{name}{round}")), None).unwrap();
-        let log = (replica == Replica::Tracked).then(|| {
+        let log = matches!(replica, Replica::Tracked | Replica::Names).then(|| {
             // The tree's ctimes are older than the start of tracking (no margin in this test).
             std::thread::sleep(Duration::from_millis(20));
             let path = a._tmp.path().join("zones");
-            Arc::new(ZoneLog::open_with_margin(&path, 1 << 20, Duration::ZERO).unwrap())
+            let log = Arc::new(ZoneLog::open_with_margin(&path, 1 << 20, Duration::ZERO).unwrap());
+            if replica == Replica::Names {
+                log.vouch_names();
+            }
+            log
         });
         fsys.set_zone_log(log.clone());
         let big = OpenOptions::new().read(true).write(true).open(p.join("big")).unwrap();
-        let w = start_writers(&p, 1000 + round as u64, big, replica != Replica::Tracked);
+        // A names catch-up gets directory renames once it has started (before, they would turn
+        // it into a zone catch-up): the log stops vouching for names in the middle of the walk.
+        let dir_renames = Arc::new(AtomicBool::new(!matches!(replica, Replica::Tracked | Replica::Names)));
+        let w = start_writers(&p, 1000 + round as u64, big, dir_renames.clone());
+        let mut by_names = false;
         std::thread::sleep(Duration::from_millis(before_ms));
         let sink = Arc::new(RecordingSink { received_delay: Duration::from_millis(40), ..Default::default() });
         fsys.attach_empty_secondary(sink.clone());
         if replica != Replica::Empty {
             // The replay below runs after the sync: the replica is still as the basis says.
-            let entries = basis_of(&a.replica, &fsys, log.as_deref());
-            fsys.set_basis(Basis { entries, reuse: true, zones: log.clone() }).unwrap();
+            let plan = log.as_deref().filter(|_| replica == Replica::Names).and_then(|l| fsys.names_plan(l));
+            let (entries, names) = match plan {
+                // A directory renamed before this point: the log no longer vouches for names.
+                None => (basis_of(&a.replica, &fsys, log.as_deref()), None),
+                Some(plan) => {
+                    by_names = true;
+                    names_basis(&a.replica, &plan)
+                }
+            };
+            fsys.set_basis(Basis { entries, reuse: true, zones: log.clone(), names }).unwrap();
+            if replica == Replica::Names {
+                dir_renames.store(true, Ordering::Relaxed);
+            }
         }
         let start = Instant::now();
         let result = fsys.full_sync(&mut |_| {}).unwrap();
@@ -632,7 +654,7 @@ fn race(name: &str, replica: Replica) {
         let ops = sink.take();
         println!(
             "{name} round {round}: sync {took:?} ({} files, {} dirs, {} MiB sent, {} MiB matched, {} removed), \
-             writers did {counts:?}, {} ops",
+             writers did {counts:?}, {} ops, by names: {by_names}",
             result.files,
             result.dirs,
             result.bytes >> 20,
@@ -695,6 +717,109 @@ fn a_zone_catch_up_races_with_writers_and_ends_identical() {
     race("zones", Replica::Tracked);
 }
 
+/// The same race with a zone log vouching for names: the replica lists by name only the
+/// directories the log records no change in, and whole the ones changed after its listing; the
+/// writers create, remove, rename (directories too) and hard-link files all along.
+#[test]
+fn a_names_catch_up_races_with_writers_and_ends_identical() {
+    if !fuse_available() {
+        return;
+    }
+    race("names", Replica::Names);
+}
+
+/// The basis of a names catch-up as the daemon builds it: the replica's names listing for
+/// `plan`, and a fetch that lists one of its directories whole.
+fn names_basis(
+    replica: &Path,
+    plan: &tandem_replication::fs::NamesPlan,
+) -> (
+    std::collections::BTreeMap<tandem_replication::op::RelPath, manifest::Entry>,
+    Option<tandem_replication::fs::NamesBasis>,
+) {
+    use tandem_replication::op::RelPath;
+    let hash = plan.hash.iter().cloned().map(RelPath).collect();
+    let full = plan.full.iter().cloned().map(RelPath).collect();
+    let entries = manifest::build_names(replica, &hash, &full).unwrap().entries;
+    let root = replica.to_path_buf();
+    let fetch: tandem_replication::fs::Fetch = Arc::new(move |dir: &[u8]| {
+        manifest::build_dir(&root, &RelPath(dir.to_vec())).map(|m| m.entries).map_err(|e| e.to_string())
+    });
+    (entries, Some(tandem_replication::fs::NamesBasis { full: plan.full.clone(), fetch }))
+}
+
+/// A names catch-up of a static tree: the log vouches for names, so the replica lists whole
+/// only the directories with a recorded change and hashes only the files recorded whole; the
+/// rest it lists by name, without a stat. Exactly the recorded zones and the new names are sent.
+#[test]
+fn a_names_catch_up_lists_unchanged_directories_by_name_only() {
+    if !fuse_available() {
+        return;
+    }
+    let a = area();
+    let p = a.primary.clone();
+    let mut rng = Rng(11);
+    make_race_tree(&p, &mut rng);
+    fs::remove_dir(&a.replica).unwrap();
+    copy_tree(&p, &a.replica);
+    let log = Arc::new(ZoneLog::open_with_margin(&a._tmp.path().join("zones"), 1 << 20, Duration::ZERO).unwrap());
+    log.vouch_names();
+    let fsys = ReplicatedFs::mount(&p, MountOptions::new("names-static"), None).unwrap();
+    fsys.set_zone_log(Some(log.clone()));
+    // ALONE: 2 zones of the image; a small file rewritten in place; one truncated (whole); in
+    // other directories one renamed, one new, one chmod, one xattr, one removed, a new directory.
+    let big = OpenOptions::new().write(true).open(p.join("big")).unwrap();
+    big.write_all_at(b"one", (5 << 20) + 10).unwrap();
+    big.write_all_at(b"two", (9 << 20) + 10).unwrap();
+    drop(big);
+    OpenOptions::new().write(true).open(p.join("d1/f1")).unwrap().write_all_at(b"changed", 3).unwrap();
+    let d0f3 = OpenOptions::new().write(true).open(p.join("d0/f3")).unwrap();
+    d0f3.write_all_at(b"zone first", 0).unwrap();
+    d0f3.set_len(50).unwrap();
+    drop(d0f3);
+    fs::rename(p.join("d2/f2"), p.join("d2/renamed")).unwrap();
+    fs::write(p.join("d3/new"), rng.bytes(7000)).unwrap();
+    fs::set_permissions(p.join("d4/f4"), fs::Permissions::from_mode(0o600)).unwrap();
+    set_xattr(&p.join("d5/f5"), "user.added", b"alone");
+    fs::remove_file(p.join("d6/f6")).unwrap();
+    fs::create_dir(p.join("d7/deep/newdir")).unwrap();
+    fs::write(p.join("d7/deep/newdir/x"), b"inside").unwrap();
+    // A change straight to the replica, size and mtime kept, in an unchanged directory: a
+    // names catch-up trusts the log and does not look (a zone catch-up would not either).
+    let sink = RecordingSink::new();
+    fsys.attach_empty_secondary(sink.clone());
+    let plan = fsys.names_plan(&log).expect("a names catch-up");
+    let mut full: Vec<String> = plan.full.iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect();
+    full.sort();
+    assert_eq!(full, ["d2", "d3", "d4", "d5", "d6", "d7/deep", "d7/deep/newdir"], "{plan:?}");
+    assert_eq!(plan.hash, [b"d0/f3".to_vec()], "only the file recorded whole is hashed");
+    let (entries, names) = names_basis(&a.replica, &plan);
+    let bare = entries.values().filter(|e| e.bare).count();
+    // d0, d1, d7, d8, d9 (40 files each, d0/f3 hashed whole), the 9 deep leaves outside
+    // d7/deep, big, and logs/log.
+    assert_eq!(bare, 5 * 40 - 1 + 9 + 1 + 1, "entries listed by name only");
+    assert!(
+        entries[&tandem_replication::op::RelPath(b"d4/f4".to_vec())].mode != 0,
+        "a changed directory is listed whole"
+    );
+    fsys.set_basis(Basis { entries, reuse: true, zones: Some(log.clone()), names }).unwrap();
+    let result = fsys.full_sync(&mut |_| {}).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fsys.open_files() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(fsys);
+    println!("names catch-up: {result:?}, log {log:?}");
+    replay(&sink.take(), &a.replica);
+    let options = DiffOptions { file_mtime: true, dir_mtime: false, allocated: false };
+    assert_identical(&p, &a.replica, &[], &options);
+    let small = |f: &str| fs::metadata(p.join(f)).unwrap().len();
+    // Sent: the image's 2 zones, d1/f1 (one zone: all of it), d0/f3's first block (differs:
+    // compared against its hashes), the renamed and the new files, x.
+    assert_eq!(result.bytes, (2 << 20) + small("d1/f1") + 50 + small("d2/renamed") + 7000 + 6, "{result:?}");
+    assert_eq!(result.removed, 2, "d2/f2 and d6/f6: {result:?}");
+}
+
 /// A zone catch-up of a static tree: exactly the recorded zones are read and sent; files the
 /// log never saw change are not even opened.
 #[test]
@@ -734,7 +859,7 @@ fn a_zone_catch_up_reads_only_the_recorded_zones() {
         .map(|(p, _)| String::from_utf8_lossy(&p.0).into_owned())
         .collect();
     assert_eq!(hashed, ["d4/f4"], "the replica hashes only what will be compared");
-    fsys.set_basis(Basis { entries, reuse: true, zones: Some(log.clone()) }).unwrap();
+    fsys.set_basis(Basis { entries, reuse: true, zones: Some(log.clone()), names: None }).unwrap();
     let result = fsys.full_sync(&mut |_| {}).unwrap();
     held.write_all_at(b"written after the catch-up", 5).unwrap();
     drop(held);
@@ -802,7 +927,7 @@ fn a_zone_catch_up_also_sends_what_the_secondarys_activity_log_names() {
     // What its activity log says, as `manifest::build_listing` puts it in the listing.
     entries.get_mut(&RelPath(b"big".to_vec())).unwrap().suspect = Some(Suspect::Ranges(vec![(30 << 20, 1 << 20)]));
     entries.get_mut(&RelPath(b"d5/f5".to_vec())).unwrap().suspect = Some(Suspect::Whole);
-    fsys.set_basis(Basis { entries, reuse: true, zones: Some(log.clone()) }).unwrap();
+    fsys.set_basis(Basis { entries, reuse: true, zones: Some(log.clone()), names: None }).unwrap();
     let result = fsys.full_sync(&mut |_| {}).unwrap();
     drop(fsys);
     replay(&sink.take(), &a.replica);
@@ -873,7 +998,7 @@ fn catch_up_sends_only_the_differing_blocks() {
     let sink = RecordingSink::new();
     fsys.attach_empty_secondary(sink.clone());
     let entries = manifest::build(r).unwrap().entries;
-    fsys.set_basis(Basis { entries, reuse: true, zones: None }).unwrap();
+    fsys.set_basis(Basis { entries, reuse: true, zones: None, names: None }).unwrap();
     let result = fsys.full_sync(&mut |_| {}).unwrap();
     drop(fsys);
     println!("static catch-up: {result:?}");
@@ -909,7 +1034,7 @@ fn a_full_copy_over_a_kept_replica_replaces_everything() {
     let sink = RecordingSink::new();
     fsys.attach_empty_secondary(sink.clone());
     let entries = manifest::build(&a.replica).unwrap().entries;
-    fsys.set_basis(Basis { entries, reuse: false, zones: None }).unwrap();
+    fsys.set_basis(Basis { entries, reuse: false, zones: None, names: None }).unwrap();
     let result = fsys.full_sync(&mut |_| {}).unwrap();
     drop(fsys);
     replay(&sink.take(), &a.replica);

@@ -48,6 +48,24 @@ impl Model {
     }
 
     /// Drops `p` and everything below it.
+    /// The entries of `dir` become `entries` (paths relative to the tree, direct children of
+    /// `dir`): a directory listed by name only, now listed whole. A child not among them goes,
+    /// with what was below it.
+    pub fn replace_children(&mut self, dir: &[u8], entries: BTreeMap<RelPath, Entry>) {
+        let gone: Vec<Vec<u8>> = self
+            .children(dir)
+            .into_iter()
+            .map(|(name, _)| if dir.is_empty() { name } else { [dir, b"/", &name].concat() })
+            .filter(|p| !entries.contains_key(&RelPath(p.clone())))
+            .collect();
+        for p in gone {
+            self.remove(&p);
+        }
+        for (p, e) in entries {
+            self.entries.insert(p.0, e);
+        }
+    }
+
     pub fn remove(&mut self, p: &[u8]) {
         self.entries.remove(p);
         let (lo, hi) = subtree_bounds(p);

@@ -404,6 +404,29 @@ impl Inner {
         }
     }
 
+    /// Namespace log hook (zone log and activity log): before an entry of the directory at `dir`
+    /// is created, removed, renamed or linked, or an entry's attributes change.
+    fn log_dir_change(&self, dir: &[u8]) {
+        let (log, al) = (self.zone_log(), self.activity());
+        if log.is_none() && al.is_none() {
+            return;
+        }
+        if let Ok(st) = self.stat_path(dir) {
+            if let Some(log) = log {
+                log.before_dir_change(key_of(&st));
+            }
+            if let Some(al) = al {
+                al.before_dir_change(key_of(&st));
+            }
+        }
+    }
+
+    /// As [`Inner::log_dir_change`], for the directory holding `p` (the root for the root).
+    fn log_parent_change(&self, p: &[u8]) {
+        let parent = p.iter().rposition(|b| *b == b'/').map(|i| &p[..i]).unwrap_or(b"");
+        self.log_dir_change(parent);
+    }
+
     /// Zone log hook: before a write into the file open as `fd`.
     fn log_write(&self, fd: &OwnedFd, offset: u64, len: u64) {
         let (log, al) = (self.zone_log(), self.activity());
@@ -733,6 +756,13 @@ impl Inner {
             return Err(Errno(libc::ENOENT));
         }
         let cp = path.as_deref().map(cpath).transpose()?;
+        if let Some(p) = path
+            .as_deref()
+            .filter(|_| mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some())
+        {
+            // Attributes the catch-up takes from the directory's listing.
+            self.log_parent_change(p);
+        }
         // Changes by path are replicated when the path is; a file without a name (unlinked
         // while open) only through its handles.
         let repl_path = path.as_deref().and_then(|p| self.secondary_name(p));
@@ -827,7 +857,9 @@ impl Inner {
         let _g = self.order();
         let p = self.child_of(parent, name)?;
         let c = cpath(&p)?;
-        let parent_st = self.stat_path(&self.path_of(parent)?)?;
+        let parent_path = self.path_of(parent)?;
+        self.log_dir_change(&parent_path);
+        let parent_st = self.stat_path(&parent_path)?;
         match what {
             NewNode::Dir { mode } => {
                 sys::mkdirat(self.dirfd(), &c, mode & 0o7777)?;
@@ -878,6 +910,7 @@ impl Inner {
         let p = self.child_of(parent, name)?;
         let replicated = self.replicates(&p);
         let gone = if self.syncing() { self.stat_path(&p).ok().map(|st| key_of(&st)) } else { None };
+        self.log_parent_change(&p);
         if !dir {
             // Its inode number may come back for another file.
             self.log_identity_change(&p);
@@ -908,6 +941,8 @@ impl Inner {
         // rename itself cannot be replayed there).
         let to_before = if ef && !et && !exchange { self.stat_path(&to).ok() } else { None };
         let replaced = if self.syncing() && !exchange { self.stat_path(&to).ok().map(|st| key_of(&st)) } else { None };
+        self.log_parent_change(&from);
+        self.log_parent_change(&to);
         // Both files change path (the replaced one may lose its last name).
         self.log_identity_change(&from);
         self.log_identity_change(&to);
@@ -959,6 +994,7 @@ impl Inner {
         let from = self.path_of(ino)?;
         let to = self.child_of(newparent, newname)?;
         let ct = cpath(&to)?;
+        self.log_parent_change(&to);
         self.log_identity_change(&from);
         sys::linkat(self.dirfd(), &cpath(&from)?, &ct)?;
         let st = sys::fstatat(self.dirfd(), &ct)?;
@@ -1069,6 +1105,7 @@ impl Inner {
                     Err(e) => return Err(e),
                 }
             }
+            self.log_parent_change(&p);
             match sys::openat(self.dirfd(), &c, lflags | libc::O_CREAT | libc::O_EXCL, mode) {
                 Ok(fd) => break (fd, true),
                 Err(Errno(libc::EEXIST)) if !exclusive && attempt < 4 => continue,
@@ -1212,6 +1249,7 @@ impl Inner {
         let _g = self.order();
         let p = self.path_of(ino)?;
         let cname = CString::new(name.as_bytes()).map_err(|_| Errno(libc::EINVAL))?;
+        self.log_parent_change(&p);
         XattrPath::new(self.root.as_raw_fd(), &p)?.set(&cname, value, flags)?;
         let mut last = None;
         if let Some(p) = self.secondary_name(&p) {
@@ -1227,6 +1265,7 @@ impl Inner {
         let _g = self.order();
         let p = self.path_of(ino)?;
         let cname = CString::new(name.as_bytes()).map_err(|_| Errno(libc::EINVAL))?;
+        self.log_parent_change(&p);
         XattrPath::new(self.root.as_raw_fd(), &p)?.remove(&cname)?;
         let mut last = None;
         if let Some(p) = self.secondary_name(&p) {

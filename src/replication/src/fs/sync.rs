@@ -66,6 +66,9 @@ pub(super) struct SyncState {
     pub basis: Option<Model>,
     /// A catch-up that may trust the zone log.
     pub zones: Option<Arc<crate::zonelog::ZoneLog>>,
+    /// A names catch-up (see [`super::NamesBasis`]): the directories whose entries the basis
+    /// holds whole (the others: by name and kind only), and how to ask for one.
+    pub names: Option<(HashSet<Vec<u8>>, super::Fetch)>,
 }
 
 fn parent_of(p: &[u8]) -> &[u8] {
@@ -98,6 +101,7 @@ impl SyncState {
             copying: HashMap::new(),
             basis: None,
             zones: None,
+            names: None,
         }
     }
 
@@ -388,7 +392,77 @@ impl Inner {
         }
         s.basis = Some(Model::new(basis.entries, basis.reuse));
         s.zones = basis.zones;
+        s.names = basis.names.map(|n| (n.full.into_iter().collect(), n.fetch));
         Ok(())
+    }
+
+    /// For a names catch-up: the directories whose entries the secondary must list whole (the
+    /// ones the zone log records a namespace change in), and the regular files it must hash (the
+    /// ones recorded whole, which are compared block by block). A walk of the directories alone
+    /// (`readdir`, a `stat` of each directory, of each entry the directory does not type, and of
+    /// the files whose inode number the log records whole): no regular file is otherwise looked
+    /// at. None: the log cannot be trusted that way, or the tree is not one where inode numbers
+    /// read from a directory can be trusted (another filesystem below, a filesystem whose
+    /// directory inode numbers may differ from stat's, such as overlayfs).
+    pub fn names_plan(&self, log: &crate::zonelog::ZoneLog) -> Option<super::NamesPlan> {
+        if !log.usable() || !log.names_complete() {
+            return None;
+        }
+        // SAFETY: a plain fstatfs into a zeroed struct.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatfs(self.dirfd().as_raw_fd(), &mut sfs) } != 0 {
+            return None;
+        }
+        const EXT4: i64 = 0xEF53;
+        const XFS: i64 = 0x5846_5342;
+        const BTRFS: i64 = 0x9123_683E;
+        const TMPFS: i64 = 0x0102_1994;
+        if ![EXT4, XFS, BTRFS, TMPFS].contains(&(sfs.f_type as i64)) {
+            return None;
+        }
+        let changed = log.changed_dirs();
+        let whole: HashSet<Key> =
+            log.recorded().into_iter().filter(|(_, t)| matches!(t, Tracked::Whole)).map(|(k, _)| k).collect();
+        let whole_inos: HashSet<u64> = whole.iter().map(|k| k.1).collect();
+        let root = self.stat_path(b"").ok()?;
+        let mut plan = super::NamesPlan::default();
+        let mut stack = vec![(Vec::new(), key_of(&root))];
+        while let Some((d, key)) = stack.pop() {
+            if key.0 != root.st_dev {
+                return None;
+            }
+            if changed.contains(&key) {
+                plan.full.push(d.clone());
+            }
+            let Ok(c) = cpath(&d) else { continue };
+            let Ok(fd) = sys::openat(self.dirfd(), &c, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) else {
+                continue;
+            };
+            for e in sys::read_dir(fd).unwrap_or_default() {
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                let p = join(&d, &e.name);
+                if self.excluded(&p) {
+                    continue;
+                }
+                let look = match e.d_type {
+                    libc::DT_DIR | libc::DT_UNKNOWN => true,
+                    libc::DT_REG => whole_inos.contains(&e.ino),
+                    _ => false,
+                };
+                if !look {
+                    continue;
+                }
+                let Ok(st) = self.stat_path(&p) else { continue };
+                match st.st_mode & libc::S_IFMT {
+                    libc::S_IFDIR => stack.push((p, key_of(&st))),
+                    libc::S_IFREG if whole.contains(&key_of(&st)) && st.st_nlink == 1 => plan.hash.push(p),
+                    _ => {}
+                }
+            }
+        }
+        Some(plan)
     }
 
     /// Fails unless the sync `generation` still runs (the sink was neither replaced nor detached).
@@ -528,10 +602,38 @@ impl Inner {
                 let next = self.sync_state().as_mut().and_then(|s| s.stack.pop());
                 match next {
                     None => None,
-                    Some((dir, key)) => Some(self.list_dir(&dir, key, &mut last)?),
+                    Some((dir, key)) => match self.fetch_first(&dir, key) {
+                        Some(fetch) => {
+                            // Listed by name only, and changed since: the secondary lists it
+                            // whole first (nothing is sent into it before it is listed here).
+                            if let Some(s) = self.sync_state().as_mut() {
+                                s.stack.push((dir.clone(), key));
+                            }
+                            Some(Err((dir, key, fetch)))
+                        }
+                        None => Some(Ok(self.list_dir(&dir, key, &mut last)?)),
+                    },
                 }
             };
-            let Some(listed) = step else { break };
+            let listed = match step {
+                None => break,
+                Some(Ok(listed)) => listed,
+                Some(Err((dir, key, fetch))) => {
+                    let entries = fetch(&dir).map_err(FsError::Stream)?;
+                    let _g = self.order();
+                    self.check(generation)?;
+                    let mut s = self.sync_state();
+                    let s = s.as_mut().expect("checked");
+                    // Still the next directory, under that name (a rename meanwhile: ask again).
+                    if s.stack.last() == Some(&(dir.clone(), key)) {
+                        if let (Some(m), Some((full, _))) = (s.basis.as_mut(), s.names.as_mut()) {
+                            m.replace_children(&dir, entries);
+                            full.insert(dir);
+                        }
+                    }
+                    continue;
+                }
+            };
             flow.note(last, (listed.files + listed.dirs + listed.removed) * OBJECT_COST)?;
             totals.removed += listed.removed;
             totals.unread += listed.unread;
@@ -620,7 +722,8 @@ impl Inner {
                 libc::S_IFDIR => {
                     match &old {
                         // Kept: its entries are compared when it is listed in turn.
-                        Some(e) => self.emit_meta_over(&p, &st, e, last),
+                        Some(e) if !e.bare => self.emit_meta_over(&p, &st, e, last),
+                        Some(_) => {}
                         None => {
                             self.push(
                                 last,
@@ -638,9 +741,12 @@ impl Inner {
                     out.files += 1;
                     let plan = old.as_ref().map(|e| self.plan(&st, e)).unwrap_or(Plan::Compare);
                     if let (Plan::Unchanged, Some(e)) = (&plan, &old) {
-                        // Not read; its metadata may still differ (chmod, xattrs). The handles
-                        // the application holds on it replicate from now on, as for any file.
-                        self.emit_meta_over(&p, &st, e, last);
+                        // Not read; its metadata may still differ (chmod, xattrs), unless it is
+                        // known by name only (its directory saw no attribute change). The
+                        // handles the application holds on it replicate from now on.
+                        if !e.bare {
+                            self.emit_meta_over(&p, &st, e, last);
+                        }
                         self.open_app_handles(key_of(&st), &p, last);
                         out.unread += st.st_size.max(0) as u64;
                         continue;
@@ -673,6 +779,20 @@ impl Inner {
         Ok(out)
     }
 
+    /// Under the order lock, in a names catch-up: how to list the directory `dir` whole on the
+    /// secondary, if its basis holds its entries by name only and the zone log records a change
+    /// in it since (or no longer vouches for names at all).
+    fn fetch_first(&self, dir: &[u8], key: Key) -> Option<super::Fetch> {
+        let s = self.sync_state();
+        let s = s.as_ref()?;
+        let (full, fetch) = s.names.as_ref()?;
+        if full.contains(dir) {
+            return None;
+        }
+        let log = s.zones.as_ref()?;
+        (log.dir_changed(key) || !log.names_complete()).then(|| fetch.clone())
+    }
+
     /// What the zone log (if this catch-up may trust one) says of the local file `st`, whose
     /// copy `old` the secondary kept. An unrecorded file counts as unchanged only if its size and
     /// mtime are still those of the secondary's copy.
@@ -694,6 +814,9 @@ impl Inner {
         match log.lookup(key_of(st), super::handlers::ctime_of(st)) {
             None | Some(Tracked::Whole) => Plan::Compare,
             Some(Tracked::Ranges(r)) => Plan::Ranges(r),
+            // Listed by name only: its directory saw no namespace change (else it was listed
+            // whole), so the log's word is all there is, and it vouches for every change.
+            Some(Tracked::Untouched) if old.bare => Plan::Unchanged,
             Some(Tracked::Untouched) => {
                 let same = old.size == st.st_size.max(0) as u64
                     && old.mtime.sec == st.st_mtime
@@ -819,7 +942,7 @@ impl Inner {
                 gid: st.st_gid,
             },
         );
-        if let Some(old) = old {
+        if let Some(old) = old.filter(|o| !o.bare) {
             let chown = old.uid != st.st_uid || old.gid != st.st_gid;
             if chown {
                 self.push(last, Op::Chown { path: rel(p), uid: Some(st.st_uid), gid: Some(st.st_gid) });
@@ -830,10 +953,13 @@ impl Inner {
         }
         // The size first: from now on every change of size by the application is sent. (A kept
         // file of the same size is not truncated: that would only move its times.)
-        if old.is_none_or(|e| e.size != size) {
+        if old.is_none_or(|e| e.bare || e.size != size) {
             self.push(last, Op::Truncate { fh, size });
         }
-        self.emit_xattrs_over(p, old, last);
+        // Known by name only: its directory saw no xattr change.
+        if !old.is_some_and(|e| e.bare) {
+            self.emit_xattrs_over(p, old, last);
+        }
         self.open_app_handles(key, p, last);
         if let Some(s) = self.sync_state().as_mut() {
             if st.st_nlink > 1 {
