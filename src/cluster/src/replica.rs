@@ -455,6 +455,18 @@ impl Replica {
                     let join = Some(join_seq);
                     let _ = tx.blocking_send(Msg::Repl(ReplEvent::Broken { reason, connection_loss: false, join }));
                 };
+                if zones.as_ref().is_some_and(|l| !peer_dirty && l.usable() && l.names_complete()) {
+                    // A names catch-up: the walk stats every name of our tree; its inodes come
+                    // into the cache from now, while the secondary connects and lists.
+                    for fs in fss.iter() {
+                        if let Ok(fd) = fs.backing_dir() {
+                            std::thread::spawn(move || {
+                                let root = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+                                tandem_replication::manifest::prewarm(Path::new(&root))
+                            });
+                        }
+                    }
+                }
                 // The secondary starts its receiver when it joins; give it a moment.
                 let deadline = Instant::now() + timeout.max(Duration::from_secs(5));
                 let mut pause = Duration::from_millis(5);
@@ -496,22 +508,10 @@ impl Replica {
                 let started = Instant::now();
                 // A zone log that vouches for every namespace change, and a secondary that left
                 // cleanly: it lists by name only what the log records no change in.
-                let names: Option<Vec<tandem_replication::fs::NamesPlan>> =
-                    zones.as_ref().filter(|l| !peer_dirty && l.usable() && l.names_complete()).and_then(|log| {
-                        // Our own tree's inodes come into the cache meanwhile: the walk stats
-                        // every name.
-                        for fs in fss.iter() {
-                            if let Ok(fd) = fs.backing_dir() {
-                                std::thread::spawn(move || {
-                                    tandem_replication::manifest::prewarm(Path::new(&format!(
-                                        "/proc/self/fd/{}",
-                                        std::os::fd::AsRawFd::as_raw_fd(&fd)
-                                    )))
-                                });
-                            }
-                        }
-                        fss.iter().map(|fs| fs.names_plan(log)).collect()
-                    });
+                let names: Option<Vec<tandem_replication::fs::NamesPlan>> = zones
+                    .as_ref()
+                    .filter(|l| !peer_dirty && l.usable() && l.names_complete())
+                    .and_then(|log| fss.iter().map(|fs| fs.names_plan(log)).collect());
                 // What the secondary holds, at this point of the stream (before any op). With a
                 // usable zone log it hashes only the files the catch-up will compare.
                 let listing = match (zones.as_ref().filter(|l| l.usable()), &names) {

@@ -145,6 +145,11 @@ pub fn build(root: &Path) -> Result<Manifest, ManifestError> {
 /// inodes into the cache, so that a listing asked for a moment later (a catch-up's `List`) does
 /// not wait on the disk entry by entry. Errors are ignored: the listing reports its own.
 pub fn prewarm(root: &Path) {
+    prewarm_with(root, true)
+}
+
+/// As [`prewarm`]; `stat: false` reads the directories only.
+pub fn prewarm_with(root: &Path, stat: bool) {
     let Ok(root_fd) = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) else {
         return;
     };
@@ -160,7 +165,9 @@ pub fn prewarm(root: &Path) {
             if n.to_bytes() == b"." || n.to_bytes() == b".." {
                 continue;
             }
-            let _ = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW);
+            if stat {
+                let _ = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW);
+            }
             if ent.file_type() == FileType::Directory {
                 let mut sub = path.clone();
                 sub.push(b'/');

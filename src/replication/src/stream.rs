@@ -735,9 +735,15 @@ impl Receiver {
         let peer = self.peer();
         let Receiver { mut reader, writer, applier, root, activity, .. } = self;
         // A catch-up starts by asking for a listing of this copy; walk it now, while the primary
-        // walks its own, so that both cold walks overlap instead of following each other.
+        // walks its own, so that both cold walks overlap instead of following each other. A copy
+        // with no activity log left by a crash most likely gets a names catch-up (its listing
+        // reads directories only): its inodes are not read ahead, which would only compete with
+        // the directories for the disk.
         let warm_root = root.clone();
-        let _ = thread::Builder::new().name("repl-prewarm".into()).spawn(move || crate::manifest::prewarm(&warm_root));
+        let stat = activity.is_some();
+        let _ = thread::Builder::new()
+            .name("repl-prewarm".into())
+            .spawn(move || crate::manifest::prewarm_with(&warm_root, stat));
         let sock = reader.shutdown_handle().map_err(|source| ChannelError::Io { peer, source })?;
         let writer = Arc::new(Mutex::new(writer));
         let (tx, rx) = mpsc::sync_channel::<Work>(APPLY_QUEUE);

@@ -620,6 +620,7 @@ fn race(name: &str, replica: Replica) {
         let dir_renames = Arc::new(AtomicBool::new(!matches!(replica, Replica::Tracked | Replica::Names)));
         let w = start_writers(&p, 1000 + round as u64, big, dir_renames.clone());
         let mut by_names = false;
+        let mut live_replica: Option<Arc<Live>> = None;
         std::thread::sleep(Duration::from_millis(before_ms));
         let sink = Arc::new(RecordingSink { received_delay: Duration::from_millis(40), ..Default::default() });
         fsys.attach_empty_secondary(sink.clone());
@@ -631,7 +632,9 @@ fn race(name: &str, replica: Replica) {
                 None => (basis_of(&a.replica, &fsys, log.as_deref()), None),
                 Some(plan) => {
                     by_names = true;
-                    names_basis(&a.replica, &plan)
+                    let live = Live::new(&a.replica, sink.clone());
+                    live_replica = Some(live.clone());
+                    names_basis(&a.replica, &plan, live)
                 }
             };
             fsys.set_basis(Basis { entries, reuse: true, zones: log.clone(), names }).unwrap();
@@ -672,7 +675,12 @@ fn race(name: &str, replica: Replica) {
                 .collect();
             fs::write(format!("{dump}.{name}.{round}"), text.join("\n")).unwrap();
         }
-        replay(&ops, &a.replica);
+        // A names catch-up's fetches applied what came before them already (in stream order,
+        // as the secondary would before listing): the rest follows.
+        match live_replica {
+            Some(live) => live.finish(&ops),
+            None => replay(&ops, &a.replica),
+        }
         let options = DiffOptions { file_mtime: true, dir_mtime: false, allocated: false };
         assert_identical(&p, &a.replica, &[], &options);
         // The log holds every record, in order.
@@ -728,11 +736,45 @@ fn a_names_catch_up_races_with_writers_and_ends_identical() {
     race("names", Replica::Names);
 }
 
+/// A replica that applies what the sink recorded so far whenever it is asked to list: the
+/// secondary answers a listing in stream order, after every op sent before the request.
+struct Live {
+    app: Mutex<Applier>,
+    sink: Arc<RecordingSink>,
+    replica: PathBuf,
+}
+
+impl Live {
+    fn new(replica: &Path, sink: Arc<RecordingSink>) -> Arc<Live> {
+        Arc::new(Live { app: Mutex::new(Applier::open(replica).unwrap()), sink, replica: replica.to_path_buf() })
+    }
+
+    /// Applies what was recorded since the last call.
+    fn catch_up(&self) {
+        let ops = self.sink.take();
+        let mut app = self.app.lock().unwrap();
+        for op in &ops {
+            app.apply(op).unwrap_or_else(|e| panic!("{op:?} failed on the replica: {e}"));
+        }
+    }
+
+    /// Applies `rest` (recorded after the last listing) and checks every handle is closed.
+    fn finish(&self, rest: &[Op]) {
+        let mut app = self.app.lock().unwrap();
+        for op in rest {
+            app.apply(op).unwrap_or_else(|e| panic!("{op:?} failed on the replica: {e}"));
+        }
+        assert_eq!(app.open_handles(), 0, "every handle closed");
+    }
+}
+
 /// The basis of a names catch-up as the daemon builds it: the replica's names listing for
-/// `plan`, and a fetch that lists one of its directories whole.
+/// `plan`, and a fetch that lists one of its directories whole, once `live` has applied the ops
+/// sent before the request.
 fn names_basis(
     replica: &Path,
     plan: &tandem_replication::fs::NamesPlan,
+    live: Arc<Live>,
 ) -> (
     std::collections::BTreeMap<tandem_replication::op::RelPath, manifest::Entry>,
     Option<tandem_replication::fs::NamesBasis>,
@@ -741,9 +783,9 @@ fn names_basis(
     let hash = plan.hash.iter().cloned().map(RelPath).collect();
     let full = plan.full.iter().cloned().map(RelPath).collect();
     let entries = manifest::build_names(replica, &hash, &full).unwrap().entries;
-    let root = replica.to_path_buf();
     let fetch: tandem_replication::fs::Fetch = Arc::new(move |dir: &[u8]| {
-        manifest::build_dir(&root, &RelPath(dir.to_vec())).map(|m| m.entries).map_err(|e| e.to_string())
+        live.catch_up();
+        manifest::build_dir(&live.replica, &RelPath(dir.to_vec())).map(|m| m.entries).map_err(|e| e.to_string())
     });
     (entries, Some(tandem_replication::fs::NamesBasis { full: plan.full.clone(), fetch }))
 }
@@ -764,6 +806,15 @@ fn a_names_catch_up_lists_unchanged_directories_by_name_only() {
     copy_tree(&p, &a.replica);
     let log = Arc::new(ZoneLog::open_with_margin(&a._tmp.path().join("zones"), 1 << 20, Duration::ZERO).unwrap());
     log.vouch_names();
+    // A change outside the layer after tracking started (the daemon down, say), size and mtime
+    // kept: its ctime gives it away, and it is sent whole.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let f = p.join("d8/f8");
+        let md = fs::metadata(&f).unwrap();
+        OpenOptions::new().write(true).open(&f).unwrap().write_all_at(b"outside", 1).unwrap();
+        set_mtime(&f, md.mtime(), md.mtime_nsec());
+    }
     let fsys = ReplicatedFs::mount(&p, MountOptions::new("names-static"), None).unwrap();
     fsys.set_zone_log(Some(log.clone()));
     // ALONE: 2 zones of the image; a small file rewritten in place; one truncated (whole); in
@@ -784,8 +835,6 @@ fn a_names_catch_up_lists_unchanged_directories_by_name_only() {
     fs::remove_file(p.join("d6/f6")).unwrap();
     fs::create_dir(p.join("d7/deep/newdir")).unwrap();
     fs::write(p.join("d7/deep/newdir/x"), b"inside").unwrap();
-    // A change straight to the replica, size and mtime kept, in an unchanged directory: a
-    // names catch-up trusts the log and does not look (a zone catch-up would not either).
     let sink = RecordingSink::new();
     fsys.attach_empty_secondary(sink.clone());
     let plan = fsys.names_plan(&log).expect("a names catch-up");
@@ -793,7 +842,8 @@ fn a_names_catch_up_lists_unchanged_directories_by_name_only() {
     full.sort();
     assert_eq!(full, ["d2", "d3", "d4", "d5", "d6", "d7/deep", "d7/deep/newdir"], "{plan:?}");
     assert_eq!(plan.hash, [b"d0/f3".to_vec()], "only the file recorded whole is hashed");
-    let (entries, names) = names_basis(&a.replica, &plan);
+    let live = Live::new(&a.replica, sink.clone());
+    let (entries, names) = names_basis(&a.replica, &plan, live.clone());
     let bare = entries.values().filter(|e| e.bare).count();
     // d0, d1, d7, d8, d9 (40 files each, d0/f3 hashed whole), the 9 deep leaves outside
     // d7/deep, big, and logs/log.
@@ -810,13 +860,15 @@ fn a_names_catch_up_lists_unchanged_directories_by_name_only() {
     }
     drop(fsys);
     println!("names catch-up: {result:?}, log {log:?}");
-    replay(&sink.take(), &a.replica);
+    live.finish(&sink.take());
     let options = DiffOptions { file_mtime: true, dir_mtime: false, allocated: false };
     assert_identical(&p, &a.replica, &[], &options);
     let small = |f: &str| fs::metadata(p.join(f)).unwrap().len();
     // Sent: the image's 2 zones, d1/f1 (one zone: all of it), d0/f3's first block (differs:
-    // compared against its hashes), the renamed and the new files, x.
-    assert_eq!(result.bytes, (2 << 20) + small("d1/f1") + 50 + small("d2/renamed") + 7000 + 6, "{result:?}");
+    // compared against its hashes), the renamed and the new files, x, and d8/f8 (changed
+    // outside the layer).
+    let sent = (2 << 20) + small("d1/f1") + 50 + small("d2/renamed") + 7000 + 6 + small("d8/f8");
+    assert_eq!(result.bytes, sent, "{result:?}");
     assert_eq!(result.removed, 2, "d2/f2 and d6/f6: {result:?}");
 }
 

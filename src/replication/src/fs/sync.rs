@@ -421,9 +421,12 @@ impl Inner {
             return None;
         }
         let changed = log.changed_dirs();
-        let whole: HashSet<Key> =
-            log.recorded().into_iter().filter(|(_, t)| matches!(t, Tracked::Whole)).map(|(k, _)| k).collect();
-        let whole_inos: HashSet<u64> = whole.iter().map(|k| k.1).collect();
+        let recorded = log.recorded();
+        let recorded_inos: HashSet<u64> = recorded.keys().map(|k| k.1).collect();
+        // The recorded zones are handed to the kernel's readahead (up to 256 MiB), so that they
+        // come from the disk while the secondary lists its copy rather than after.
+        const READAHEAD_CAP: u64 = 256 << 20;
+        let mut ahead = 0u64;
         let root = self.stat_path(b"").ok()?;
         let mut plan = super::NamesPlan::default();
         let mut stack = vec![(Vec::new(), key_of(&root))];
@@ -448,16 +451,19 @@ impl Inner {
                 }
                 let look = match e.d_type {
                     libc::DT_DIR | libc::DT_UNKNOWN => true,
-                    libc::DT_REG => whole_inos.contains(&e.ino),
+                    libc::DT_REG => recorded_inos.contains(&e.ino),
                     _ => false,
                 };
                 if !look {
                     continue;
                 }
                 let Ok(st) = self.stat_path(&p) else { continue };
-                match st.st_mode & libc::S_IFMT {
-                    libc::S_IFDIR => stack.push((p, key_of(&st))),
-                    libc::S_IFREG if whole.contains(&key_of(&st)) && st.st_nlink == 1 => plan.hash.push(p),
+                match (st.st_mode & libc::S_IFMT, recorded.get(&key_of(&st))) {
+                    (libc::S_IFDIR, _) => stack.push((p, key_of(&st))),
+                    (libc::S_IFREG, Some(Tracked::Whole)) if st.st_nlink == 1 => plan.hash.push(p),
+                    (libc::S_IFREG, Some(Tracked::Ranges(r))) if ahead < READAHEAD_CAP => {
+                        ahead += self.read_ahead(&p, r);
+                    }
                     _ => {}
                 }
             }
@@ -526,31 +532,26 @@ impl Inner {
             if st.st_nlink == 1 {
                 match log.lookup(key_of(st), super::handlers::ctime_of(st)) {
                     None | Some(Tracked::Whole) => out.push(p.to_vec()),
-                    Some(Tracked::Ranges(r)) if ahead < READAHEAD_CAP => {
-                        let Ok(c) = cpath(p) else { return };
-                        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME;
-                        let fd = sys::openat(self.dirfd(), &c, flags, 0)
-                            .or_else(|_| sys::openat(self.dirfd(), &c, libc::O_RDONLY | libc::O_NOFOLLOW, 0));
-                        if let Ok(fd) = fd {
-                            for (start, len) in r {
-                                // SAFETY: a plain advice call on an open descriptor.
-                                unsafe {
-                                    libc::posix_fadvise(
-                                        fd.as_raw_fd(),
-                                        start as i64,
-                                        len as i64,
-                                        libc::POSIX_FADV_WILLNEED,
-                                    )
-                                };
-                                ahead += len;
-                            }
-                        }
-                    }
+                    Some(Tracked::Ranges(r)) if ahead < READAHEAD_CAP => ahead += self.read_ahead(p, &r),
                     Some(Tracked::Ranges(_)) | Some(Tracked::Untouched) => {}
                 }
             }
         });
         out
+    }
+
+    /// Hands the `ranges` of the file at `p` to the kernel's readahead; returns their bytes.
+    fn read_ahead(&self, p: &[u8], ranges: &[(u64, u64)]) -> u64 {
+        let Ok(c) = cpath(p) else { return 0 };
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME;
+        let fd = sys::openat(self.dirfd(), &c, flags, 0)
+            .or_else(|_| sys::openat(self.dirfd(), &c, libc::O_RDONLY | libc::O_NOFOLLOW, 0));
+        let Ok(fd) = fd else { return 0 };
+        for (start, len) in ranges {
+            // SAFETY: a plain advice call on an open descriptor.
+            unsafe { libc::posix_fadvise(fd.as_raw_fd(), *start as i64, *len as i64, libc::POSIX_FADV_WILLNEED) };
+        }
+        ranges.iter().map(|(_, n)| n).sum()
     }
 
     /// Calls `f` with the path and stat of every regular file of the tree (excluded names aside).
@@ -814,9 +815,17 @@ impl Inner {
         match log.lookup(key_of(st), super::handlers::ctime_of(st)) {
             None | Some(Tracked::Whole) => Plan::Compare,
             Some(Tracked::Ranges(r)) => Plan::Ranges(r),
-            // Listed by name only: its directory saw no namespace change (else it was listed
-            // whole), so the log's word is all there is, and it vouches for every change.
-            Some(Tracked::Untouched) if old.bare => Plan::Unchanged,
+            // Listed by name only: its directory saw no namespace or attribute change (else it
+            // was listed whole), so no change through the layer moved its ctime since tracking
+            // started. One that did move changed outside the layer (while the daemon was down,
+            // say): compared (sent whole: there are no hashes of it).
+            Some(Tracked::Untouched) if old.bare => {
+                if super::handlers::ctime_of(st) > log.started() {
+                    Plan::Compare
+                } else {
+                    Plan::Unchanged
+                }
+            }
             Some(Tracked::Untouched) => {
                 let same = old.size == st.st_size.max(0) as u64
                     && old.mtime.sec == st.st_mtime
