@@ -201,7 +201,7 @@ fn bench() -> Result<bool> {
             match one_run(&p, *shape, &workdir, &lab_name, run) {
                 Ok(s) => {
                     eprintln!(
-                        "bench catchup: run {}/{} {}: full copy rsync -W {:.1} s (+ sync {:.1} s), tandem {:.1} s; catch-up tandem {:.1} s ({} bytes sent), rsync {:.1} s (+ sync {:.1} s, {} bytes sent) ({:.0} s)",
+                        "bench catchup: run {}/{} {}: full copy rsync -W {:.1} s (+ sync {:.1} s), tandem {:.1} s; catch-up tandem {:.2} s ({} bytes sent), rsync {:.2} s (+ sync {:.2} s, {} bytes sent) ({:.0} s)",
                         run + 1,
                         p.runs,
                         shape.name(),
@@ -746,7 +746,9 @@ fn med(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
 }
 
 fn all(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> String {
-    samples.iter().map(|s| format!("{:.1}", f(s))).collect::<Vec<_>>().join(", ")
+    // Two decimals under a second (a catch-up), one above (a full copy).
+    let one = |v: f64| if v < 1.0 { format!("{v:.2}") } else { format!("{v:.1}") };
+    samples.iter().map(|s| one(f(s))).collect::<Vec<_>>().join(", ")
 }
 
 fn mib(b: f64) -> String {

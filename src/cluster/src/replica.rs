@@ -928,8 +928,6 @@ pub fn progress_line(p: &tandem_replication::fs::SyncProgress, full: bool) -> St
     )
 }
 
-/// The module log's line at the end of a full copy or catch-up. The catch-up's byte counts are
-/// exact (tests and benchmarks read them).
 /// What a catch-up trusted (for its log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum How {
@@ -941,6 +939,8 @@ pub enum How {
     Names,
 }
 
+/// The module log's line at the end of a full copy or catch-up. The catch-up's byte counts are
+/// exact (tests and benchmarks read them).
 pub fn done_line(p: &tandem_replication::fs::SyncProgress, full: bool, how: How) -> String {
     let secs = p.elapsed.as_secs_f64().max(0.001);
     if full {
@@ -1069,6 +1069,8 @@ mod tests {
             "catch-up done (zones and block hashes): 120 files, 4 directories, 100 files compared, 39845888 \
              bytes identical, 2097152 bytes sent, 5 bytes not read (zone log), 3 stale names removed, in 2.00 s"
         );
+        assert!(done_line(&c, false, How::Names).starts_with("catch-up done (names, zones and block hashes): 120 files"));
+        assert!(done_line(&c, false, How::Hashes).starts_with("catch-up done (block hashes): 120 files"));
     }
 
     #[test]
