@@ -75,10 +75,16 @@ pub enum Frame {
         id: u64,
     },
     /// The answer to `Verify` (secondary → primary): the manifest, or why it could not be built.
-    /// One frame: trees whose manifest exceeds the frame limit cannot be verified yet.
+    /// A manifest larger than a frame comes in parts: `ManifestPart`s, then this frame with the
+    /// rest of the entries.
     Manifest {
         id: u64,
         manifest: Result<crate::manifest::Manifest, String>,
+    },
+    /// Entries of the manifest `id`, ahead of its `Manifest` frame (secondary → primary).
+    ManifestPart {
+        id: u64,
+        entries: Vec<(crate::op::RelPath, crate::manifest::Entry)>,
     },
     /// As `Verify`, for a catch-up that trusts the zone log: block hashes only for the regular
     /// files in `hash`, the rest listed without being read. Answered with `Manifest`.
@@ -117,6 +123,7 @@ impl Frame {
             Frame::Bye => "Bye",
             Frame::Verify { .. } => "Verify",
             Frame::Manifest { .. } => "Manifest",
+            Frame::ManifestPart { .. } => "ManifestPart",
             Frame::List { .. } => "List",
             Frame::ListScoped { .. } => "ListScoped",
         }

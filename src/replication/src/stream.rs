@@ -208,6 +208,8 @@ struct State {
     /// seq is sent: (id, upto, files to hash).
     verify_pending: VecDeque<(u64, u64, Ask)>,
     verify_results: std::collections::HashMap<u64, Result<crate::manifest::Manifest, String>>,
+    /// Entries of manifests whose last frame has not come yet (`ManifestPart`).
+    manifest_parts: std::collections::HashMap<u64, Vec<(crate::op::RelPath, crate::manifest::Entry)>>,
     next_verify: u64,
 }
 
@@ -298,6 +300,7 @@ impl Sender {
                 closing: false,
                 verify_pending: VecDeque::new(),
                 verify_results: std::collections::HashMap::new(),
+                manifest_parts: std::collections::HashMap::new(),
                 next_verify: 1,
             }),
             acked: Default::default(),
@@ -600,7 +603,15 @@ fn ack_loop(shared: &Shared, mut r: ChannelReader) {
                     continue;
                 }
             }
-            Ok(Some(Frame::Manifest { id, manifest })) => {
+            Ok(Some(Frame::ManifestPart { id, entries })) => {
+                st.manifest_parts.entry(id).or_default().extend(entries);
+                continue;
+            }
+            Ok(Some(Frame::Manifest { id, mut manifest })) => {
+                let parts = st.manifest_parts.remove(&id).unwrap_or_default();
+                if let Ok(m) = manifest.as_mut() {
+                    m.entries.extend(parts);
+                }
                 st.verify_results.insert(id, manifest);
                 shared.event.notify_all();
                 continue;
@@ -862,6 +873,66 @@ impl Receiver {
     }
 }
 
+/// Entries a `ManifestPart` carries at most, by the bound below: well under a frame.
+const MANIFEST_PART_BYTES: usize = 8 << 20;
+
+/// An upper bound of the encoded size of one manifest entry (postcard: at most 10 bytes a
+/// varint), so that a part never exceeds a frame whatever the entries hold.
+fn entry_bound(path: &crate::op::RelPath, e: &crate::manifest::Entry) -> usize {
+    let suspect = match &e.suspect {
+        Some(crate::manifest::Suspect::Ranges(r)) => 20 * r.len(),
+        _ => 0,
+    };
+    let xattrs: usize = e.xattrs.iter().map(|(k, v)| 20 + k.len() + v.len()).sum();
+    160 + path.0.len()
+        + e.symlink_target.as_ref().map_or(0, |t| t.len())
+        + e.link_group.as_ref().map_or(0, |g| g.0.len())
+        + xattrs
+        + 33 * e.blocks.len()
+        + suspect
+}
+
+/// Sends a listing's answer: a manifest larger than [`MANIFEST_PART_BYTES`] goes as
+/// `ManifestPart` frames of its entries, then the `Manifest` frame with the rest.
+fn send_manifest(
+    id: u64,
+    manifest: Result<crate::manifest::Manifest, String>,
+    send: &dyn Fn(Frame) -> Result<(), ReplError>,
+) -> Result<(), ReplError> {
+    let mut m = match manifest {
+        Ok(m) => m,
+        Err(e) => return send(Frame::Manifest { id, manifest: Err(e) }),
+    };
+    // An entry alone larger than a frame cannot travel: say which, rather than break the stream.
+    let too_big = m.entries.iter().find(|(p, e)| entry_bound(p, e) > crate::frame::MAX_FRAME_LEN - 4096);
+    if let Some((p, e)) = too_big {
+        let what = String::from_utf8_lossy(&p.0);
+        let e = format!(
+            "{what}: its listing ({} block hashes) exceeds a frame: a file over about 480 GiB cannot be \
+             compared by block hash yet",
+            e.blocks.len()
+        );
+        return send(Frame::Manifest { id, manifest: Err(e) });
+    }
+    let total: usize = m.entries.iter().map(|(p, e)| entry_bound(p, e)).sum();
+    if total > MANIFEST_PART_BYTES {
+        let mut part = Vec::new();
+        let mut bytes = 0;
+        for (p, e) in std::mem::take(&mut m.entries) {
+            let n = entry_bound(&p, &e);
+            if !part.is_empty() && bytes + n > MANIFEST_PART_BYTES {
+                send(Frame::ManifestPart { id, entries: std::mem::take(&mut part) })?;
+                bytes = 0;
+            }
+            bytes += n;
+            part.push((p, e));
+        }
+        // The last part travels in the Manifest frame itself.
+        m.entries = part.into_iter().collect();
+    }
+    send(Frame::Manifest { id, manifest: Ok(m) })
+}
+
 fn apply_loop(
     peer: SocketAddr,
     mut applier: Applier,
@@ -907,7 +978,7 @@ fn apply_loop(
             }
             Work::Verify { id, hash } => {
                 let manifest = crate::manifest::build_listing(root, hash.as_ref(), activity).map_err(|e| e.to_string());
-                send(Frame::Manifest { id, manifest })?;
+                send_manifest(id, manifest, &send)?;
             }
             Work::Scoped { id, scope } => {
                 let manifest = match scope {
@@ -917,7 +988,7 @@ fn apply_loop(
                     crate::frame::ListScope::Dir(dir) => crate::manifest::build_dir(root, &dir),
                 }
                 .map_err(|e| e.to_string());
-                send(Frame::Manifest { id, manifest })?;
+                send_manifest(id, manifest, &send)?;
             }
             Work::Flush => {
                 applier.sync().map_err(|source| {
