@@ -199,6 +199,8 @@ pub struct Replica {
     join: Option<u64>,
     /// Bytes checked per second by the last catch-up (for `tandem diff`).
     last_rate: Arc<Mutex<Option<f64>>>,
+    /// The activity log of this node as a Ready secondary, shared with its applier.
+    recv_activity: tandem_replication::apply::ActivitySlot,
 }
 
 impl Replica {
@@ -213,6 +215,7 @@ impl Replica {
             activity: None,
             join: None,
             last_rate: Arc::new(Mutex::new(None)),
+            recv_activity: Arc::new(std::sync::RwLock::new(None)),
         }
     }
 
@@ -383,10 +386,34 @@ impl Replica {
         }
     }
 
-    /// This node, secondary, is caught up: an activity log it left as primary is done with.
+    /// This node, secondary, is caught up: an activity log it left by a crash is done with. A
+    /// new one records, from now on, the zones it applies: it acknowledges them from its page
+    /// cache, so a power loss may lose them, and its next catch-up then re-sends only those.
     pub fn caught_up(&mut self) {
         if let Err(e) = ZoneLog::remove(&self.spec.activity_log) {
             let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!("removing the activity log: {e}"))));
+        }
+        if !self.spec.activity_enabled || self.secondary.is_none() {
+            return;
+        }
+        let dirs: Result<Vec<std::os::fd::OwnedFd>, String> = self
+            .spec
+            .dirs
+            .iter()
+            .map(|d| std::fs::File::open(&d.path).map(Into::into).map_err(|e| format!("{}: {e}", d.path.display())))
+            .collect();
+        // A zone applied is acknowledged within the replication timeout; idle for longer (plus
+        // a margin), and synced, it holds nothing a power loss could take.
+        let window = self.spec.timeout + Duration::from_secs(5);
+        let started = dirs
+            .and_then(|d| ActivityLog::start(&self.spec.activity_log, self.spec.zone_size.max(AL_EXTENT), window, d));
+        match started {
+            Ok(al) => *self.recv_activity.write().unwrap_or_else(|p| p.into_inner()) = Some(al),
+            Err(e) => {
+                let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!(
+                    "activity log unavailable ({e}): after a crash of this node, its catch-up compares every file"
+                ))));
+            }
         }
     }
 
@@ -427,7 +454,7 @@ impl Replica {
     /// held this data): everything it holds is removed and all is sent.
     ///
     /// `trust_zones`: the secondary left from this history, so the zone log may be trusted;
-    /// `peer_dirty`: it crashed as primary (or during such a catch-up), so only with its own
+    /// `peer_dirty`: it crashed (as primary, as secondary, or during a catch-up), so only with its own
     /// activity log, found sound in its listing, whose zones are then sent too; otherwise every
     /// file is compared.
     pub fn peer_joined(&mut self, join_seq: u64, full: bool, trust_zones: bool, peer_dirty: bool) {
@@ -564,7 +591,7 @@ impl Replica {
                     if manifest.activity_log {
                         let (files, bytes) = suspects(&manifest);
                         let _ = tx.blocking_send(Msg::Repl(ReplEvent::Note(format!(
-                            "the secondary's activity log (it crashed as primary) names {files} file(s) that may \
+                            "the secondary's activity log (it crashed) names {files} file(s) that may \
                              differ here: {bytes} bytes of zones sent with the catch-up"
                         ))));
                     } else {
@@ -710,7 +737,9 @@ impl Replica {
         let (quit2, stopper2, tx) = (quit.clone(), stopper.clone(), self.tx.clone());
         let (hello, expect) = spec.greeting(join_seq);
         let (key, root) = (spec.key.clone(), spec.staging.clone());
-        // What this node may hold differently, if it crashed as primary: named in its listings.
+        let slot = self.recv_activity.clone();
+        // What this node may hold differently, if it crashed (as primary, or as a Ready
+        // secondary): named in its listings.
         let activity = ActivityLog::read(&spec.activity_log).map(Arc::new);
         if let Some(a) = &activity {
             let zones: usize = a.files.len();
@@ -742,7 +771,7 @@ impl Replica {
                     };
                     let _ = stream.set_nonblocking(false);
                     let receiver = match Receiver::handshake(stream, &key, &root, hello.clone(), &expect) {
-                        Ok(r) => r.with_activity(activity.clone()),
+                        Ok(r) => r.with_activity(activity.clone()).with_activity_slot(slot.clone()),
                         // A stranger or a stale primary: refused and logged; keep listening.
                         Err(e) => {
                             tracing::warn!("replication connection refused: {e}");
@@ -890,6 +919,23 @@ impl Replica {
             side.quit.store(true, Ordering::SeqCst);
             if let Some(s) = side.stopper.lock().unwrap().take() {
                 s.stop();
+            }
+            // Not a crash: what it applied is made durable, and its activity log is done with.
+            let al = self.recv_activity.write().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(al) = al {
+                match al.sync_dirs() {
+                    Ok(()) => {
+                        if let Err(e) = al.remove() {
+                            let _ =
+                                self.tx.try_send(Msg::Repl(ReplEvent::Note(format!("removing the activity log: {e}"))));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!(
+                            "activity log kept: syncing the directories failed ({e})"
+                        ))));
+                    }
+                }
             }
             self.unprotect_all();
         }
@@ -1069,7 +1115,9 @@ mod tests {
             "catch-up done (zones and block hashes): 120 files, 4 directories, 100 files compared, 39845888 \
              bytes identical, 2097152 bytes sent, 5 bytes not read (zone log), 3 stale names removed, in 2.00 s"
         );
-        assert!(done_line(&c, false, How::Names).starts_with("catch-up done (names, zones and block hashes): 120 files"));
+        assert!(
+            done_line(&c, false, How::Names).starts_with("catch-up done (names, zones and block hashes): 120 files")
+        );
         assert!(done_line(&c, false, How::Hashes).starts_with("catch-up done (block hashes): 120 files"));
     }
 

@@ -215,7 +215,13 @@ impl Dirty {
     }
 }
 
+/// Where a Ready secondary's activity log is installed (and removed) while its applier runs.
+pub type ActivitySlot = std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<crate::activity::ActivityLog>>>>;
+
 pub struct Applier {
+    /// A Ready secondary's activity log: the zones it applies are recorded before they are
+    /// written (its page cache acknowledges them: a power loss may lose them).
+    activity: Option<ActivitySlot>,
     root: OwnedFd,
     root_path: PathBuf,
     /// Other file systems mounted on the root's children (a module with several directories:
@@ -241,6 +247,7 @@ impl Applier {
         let fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(err)?;
         let mounts = child_mounts(&fd).map_err(err)?;
         Ok(Applier {
+            activity: None,
             root: fd,
             root_path: root.to_owned(),
             mounts,
@@ -396,6 +403,30 @@ impl Applier {
         rfs::openat2(&self.root, &c, flags | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(mode), RESOLVE)
     }
 
+    /// Records the zones applied from now on in the activity log `slot` holds (when it holds one).
+    pub fn set_activity(&mut self, slot: ActivitySlot) {
+        self.activity = Some(slot);
+    }
+
+    /// The activity log, if one is installed.
+    fn activity_log(&self) -> Option<std::sync::Arc<crate::activity::ActivityLog>> {
+        self.activity.as_ref().and_then(|s| s.read().ok().and_then(|a| a.clone()))
+    }
+
+    /// Activity log hook, before a change of the file `f`: `Some((offset, len))` a write, `None`
+    /// all of it (a truncation, a fallocate).
+    fn log_activity(&self, f: BorrowedFd<'_>, range: Option<(u64, u64)>) {
+        let Some(al) = self.activity_log() else { return };
+        let Ok(st) = rfs::fstat(f) else { return };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return;
+        }
+        match range {
+            Some((offset, len)) => al.before_write(f, (st.st_dev, st.st_ino), offset, len),
+            None => al.before_whole_change(Some(f), (st.st_dev, st.st_ino)),
+        }
+    }
+
     /// Applies one operation. Every failure is an error for the stream, with the operation, the
     /// path or handle, and the OS error.
     pub fn apply(&mut self, op: &Op) -> Result<(), ApplyError> {
@@ -456,6 +487,7 @@ impl Applier {
             }
             Op::Write { fh, offset, data } => {
                 let f = self.file(name, *fh)?;
+                self.log_activity(f.as_fd(), Some((*offset, data.len() as u64)));
                 f.write_all_at(data, *offset).map_err(|source| ApplyError::Os {
                     op: name,
                     what: format!("handle {fh} at {offset} ({} bytes)", data.len()),
@@ -465,17 +497,20 @@ impl Applier {
             }
             Op::Truncate { fh, size } => {
                 let f = self.file(name, *fh)?;
+                self.log_activity(f.as_fd(), None);
                 rfs::ftruncate(f, *size).map_err(oe(name, || format!("handle {fh} to {size}")))?;
                 self.dirty.handles.insert(*fh);
             }
             Op::TruncatePath { path, size } => {
                 check(path)?;
                 let fd = self.open_beneath(path, OFlags::WRONLY, 0).map_err(oe(name, || show(&path.0)))?;
+                self.log_activity(fd.as_fd(), None);
                 rfs::ftruncate(&fd, *size).map_err(oe(name, || format!("{} to {size}", show(&path.0))))?;
                 self.dirty.touch(&path.0);
             }
             Op::Fallocate { fh, mode, offset, len } => {
                 let f = self.file(name, *fh)?;
+                self.log_activity(f.as_fd(), None);
                 rfs::fallocate(f, FallocateFlags::from_bits_retain(*mode as u32), *offset, *len)
                     .map_err(oe(name, || format!("handle {fh} mode {mode:#x} at {offset} len {len}")))?;
                 self.dirty.handles.insert(*fh);

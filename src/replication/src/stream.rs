@@ -656,7 +656,8 @@ pub struct Receiver {
     peer_hello: Hello,
     /// The replica root, for the manifests `Verify` asks for.
     root: std::path::PathBuf,
-    /// The activity log this node left when it crashed as primary, named in its listings.
+    /// The activity log this node left when it crashed (as primary or Ready secondary), named in
+    /// its listings.
     activity: Option<Arc<crate::activity::Recorded>>,
 }
 
@@ -729,6 +730,13 @@ impl Receiver {
     /// listings of this stream (see [`crate::manifest::build_listing`]).
     pub fn with_activity(mut self, log: Option<Arc<crate::activity::Recorded>>) -> Receiver {
         self.activity = log;
+        self
+    }
+
+    /// Records the zones this stream applies in the activity log `slot` holds, once one is
+    /// installed (a Ready secondary: see [`crate::apply::ActivitySlot`]).
+    pub fn with_activity_slot(mut self, slot: crate::apply::ActivitySlot) -> Receiver {
+        self.applier.set_activity(slot);
         self
     }
 

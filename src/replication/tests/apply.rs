@@ -437,3 +437,37 @@ fn rename_over_a_stale_tree_replaces_it() {
     assert!(!d.path().join("new").exists());
     assert_eq!(fs::read_dir(d.path().join("old")).unwrap().count(), 0);
 }
+
+/// A Ready secondary's applier records what it applies in the activity log installed in its
+/// slot (durably, before the write), and nothing while the slot is empty.
+#[test]
+fn the_activity_log_in_the_slot_records_what_is_applied() {
+    use std::os::fd::OwnedFd;
+    use std::sync::{Arc, RwLock};
+    use tandem_replication::activity::ActivityLog;
+    use tandem_replication::zonelog::Tracked;
+    let (d, mut a) = setup();
+    let slot: tandem_replication::apply::ActivitySlot = Arc::new(RwLock::new(None));
+    a.set_activity(slot.clone());
+    create(&mut a, 1, "before");
+    write(&mut a, 1, 0, b"no log yet");
+    let logs = tempfile::tempdir().unwrap();
+    let path = logs.path().join("activity.log");
+    let root: OwnedFd = fs::File::open(d.path()).unwrap().into();
+    let al = ActivityLog::start(&path, 4 << 20, std::time::Duration::from_secs(3600), vec![root]).unwrap();
+    *slot.write().unwrap() = Some(al.clone());
+    create(&mut a, 2, "after");
+    write(&mut a, 2, (9 << 20) + 5, b"recorded");
+    write(&mut a, 1, 3, b"recorded too");
+    a.apply(&Op::Truncate { fh: 2, size: 100 }).unwrap();
+    let key = |f: &str| {
+        let m = fs::metadata(d.path().join(f)).unwrap();
+        (m.dev(), m.ino())
+    };
+    // Read back as a crash would leave it.
+    let r = ActivityLog::read(&path).unwrap();
+    assert_eq!(r.files.get(&key("before")), Some(&Tracked::Ranges(vec![(0, 4 << 20)])));
+    assert_eq!(r.files.get(&key("after")), Some(&Tracked::Whole), "a truncation marks it whole");
+    assert_eq!(r.files.len(), 2);
+    al.remove().unwrap();
+}
