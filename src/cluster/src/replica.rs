@@ -393,28 +393,41 @@ impl Replica {
         if let Err(e) = ZoneLog::remove(&self.spec.activity_log) {
             let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!("removing the activity log: {e}"))));
         }
-        if !self.spec.activity_enabled || self.secondary.is_none() {
-            return;
-        }
-        let dirs: Result<Vec<std::os::fd::OwnedFd>, String> = self
-            .spec
-            .dirs
-            .iter()
-            .map(|d| std::fs::File::open(&d.path).map(Into::into).map_err(|e| format!("{}: {e}", d.path.display())))
-            .collect();
-        // A zone applied is acknowledged within the replication timeout; idle for longer (plus
-        // a margin), and synced, it holds nothing a power loss could take.
-        let window = self.spec.timeout + Duration::from_secs(5);
-        let started = dirs
-            .and_then(|d| ActivityLog::start(&self.spec.activity_log, self.spec.zone_size.max(AL_EXTENT), window, d));
-        match started {
-            Ok(al) => *self.recv_activity.write().unwrap_or_else(|p| p.into_inner()) = Some(al),
-            Err(e) => {
-                let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!(
-                    "activity log unavailable ({e}): after a crash of this node, its catch-up compares every file"
-                ))));
+        let Some(side) = self.secondary.as_ref().filter(|_| self.spec.activity_enabled) else { return };
+        let (slot, quit, tx) = (self.recv_activity.clone(), side.quit.clone(), self.tx.clone());
+        let paths: Vec<PathBuf> = self.spec.dirs.iter().map(|d| d.path.clone()).collect();
+        let (log, zone, timeout) =
+            (self.spec.activity_log.clone(), self.spec.zone_size.max(AL_EXTENT), self.spec.timeout);
+        // Off the driver's task: creating the log syncs a file, which can take a while behind
+        // the writeback of a busy disk. Until it is installed, nothing is recorded: the node is
+        // `dirty` since its join, so a crash meanwhile costs a comparison of every file.
+        let _ = std::thread::Builder::new().name("secondary-activity-log".into()).spawn(move || {
+            let dirs: Result<Vec<std::os::fd::OwnedFd>, String> = paths
+                .iter()
+                .map(|p| std::fs::File::open(p).map(Into::into).map_err(|e| format!("{}: {e}", p.display())))
+                .collect();
+            // A zone applied is acknowledged within the replication timeout; idle for longer
+            // (plus a margin), and synced, it holds nothing a power loss could take.
+            let window = timeout + Duration::from_secs(5);
+            let started = dirs.and_then(|d| ActivityLog::start(&log, zone, window, d));
+            match started {
+                Ok(al) => {
+                    // `leave_second` raises `quit` before it empties the slot: checked under the
+                    // slot's lock, a log started too late is removed rather than left installed.
+                    let mut s = slot.write().unwrap_or_else(|p| p.into_inner());
+                    if quit.load(Ordering::SeqCst) {
+                        let _ = al.remove();
+                    } else {
+                        *s = Some(al);
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.try_send(Msg::Repl(ReplEvent::Note(format!(
+                        "activity log unavailable ({e}): after a crash of this node, its catch-up compares every file"
+                    ))));
+                }
             }
-        }
+        });
     }
 
     /// Leaving primary (after the application stopped): fence, close the stream, unmount.
@@ -920,23 +933,11 @@ impl Replica {
             if let Some(s) = side.stopper.lock().unwrap().take() {
                 s.stop();
             }
-            // Not a crash: what it applied is made durable, and its activity log is done with.
-            let al = self.recv_activity.write().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(al) = al {
-                match al.sync_dirs() {
-                    Ok(()) => {
-                        if let Err(e) = al.remove() {
-                            let _ =
-                                self.tx.try_send(Msg::Repl(ReplEvent::Note(format!("removing the activity log: {e}"))));
-                        }
-                    }
-                    Err(e) => {
-                        let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!(
-                            "activity log kept: syncing the directories failed ({e})"
-                        ))));
-                    }
-                }
-            }
+            // Its activity log stops recording, and its file stays: what it applied may still
+            // be only in the page cache (no sync here, on the driver's task: it can take seconds
+            // behind a busy disk). A rejoin without a clean stop then re-sends those zones; the
+            // next Ready replaces the file, a promotion removes it.
+            drop(self.recv_activity.write().unwrap_or_else(|p| p.into_inner()).take());
             self.unprotect_all();
         }
     }

@@ -135,6 +135,11 @@ impl ActivityLog {
         let log = ZoneLog::open_with_margin(path, zone_size, Duration::ZERO).map_err(|e| e.to_string())?;
         let mut with_dev = Vec::with_capacity(dirs.len());
         for (i, d) in dirs.into_iter().enumerate() {
+            // A descriptor of its own, readable: the one given may be `O_PATH` (the FUSE layer's
+            // view of its directory), on which `syncfs` fails with EBADF.
+            let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+            let d = rustix::fs::openat(&d, c".", flags, rustix::fs::Mode::empty())
+                .map_err(|e| format!("directory {i}: {e}"))?;
             let st = rustix::fs::fstat(&d).map_err(|e| format!("directory {i}: {e}"))?;
             log.record_root(i as u32, (st.st_dev, st.st_ino));
             with_dev.push((d, st.st_dev));
