@@ -326,6 +326,9 @@ impl Replica {
         if self.join != Some(join_seq) {
             return;
         }
+        // The activity log first: a change made while neither records could be in flight
+        // unacknowledged, and no log would name it.
+        self.start_activity();
         for fs in &self.fs {
             fs.set_zone_log(None);
         }
@@ -333,7 +336,6 @@ impl Replica {
         if let Err(e) = ZoneLog::remove(&self.spec.zone_log) {
             let _ = self.tx.try_send(Msg::Repl(ReplEvent::Note(format!("removing the zone log: {e}"))));
         }
-        self.start_activity();
     }
 
     /// The secondary is in sync: from now on the zones being written are recorded in the

@@ -195,7 +195,8 @@ fn walk_tree(
     let err = |what: String| move |e: Errno| ManifestError::Io { root: root.to_owned(), what, source: e.into() };
     let root_fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(err("open".into()))?;
-    let mut w = Walker { root, entries: BTreeMap::new(), inodes: HashMap::new(), hash, activity, names: None };
+    let mut w =
+        Walker { root, entries: BTreeMap::new(), inodes: HashMap::new(), hash, activity, names: None, partial: false };
     let st = rfs::fstat(&root_fd).map_err(err("stat".into()))?;
     let root_entry = w.entry(root_fd.as_fd(), c".", &RelPath(Vec::new()), &st)?;
     w.entries.insert(RelPath(Vec::new()), root_entry);
@@ -223,6 +224,7 @@ pub fn build_names(
         hash: Some(hash),
         activity: None,
         names: Some(full),
+        partial: true,
     };
     let st = rfs::fstat(&root_fd).map_err(err("stat".into()))?;
     let root_entry = w.entry(root_fd.as_fd(), c".", &RelPath(Vec::new()), &st)?;
@@ -265,6 +267,7 @@ pub fn build_dir(root: &Path, dir: &RelPath) -> Result<Manifest, ManifestError> 
         hash: Some(&none),
         activity: None,
         names: None,
+        partial: true,
     };
     w.list(fd, dir.0.clone(), false)?;
     w.link_groups();
@@ -305,6 +308,8 @@ struct Walker<'a> {
     activity: Option<&'a HashMap<(u64, u64), crate::zonelog::Tracked>>,
     /// A names listing ([`build_names`]): the directories whose entries are listed whole.
     names: Option<&'a std::collections::HashSet<RelPath>>,
+    /// A listing of part of the tree ([`build_names`], [`build_dir`]): see `link_groups`.
+    partial: bool,
 }
 
 impl Walker<'_> {
@@ -312,17 +317,21 @@ impl Walker<'_> {
         move |e| ManifestError::Io { root: self.root.to_owned(), what: what(), source: e.into() }
     }
 
-    /// Hard-link groups: every name of an inode seen more than once names the group by its first
-    /// name (BTreeSet order, the same on both copies).
+    /// Hard-link groups: every name of an inode with several links names the group by its first
+    /// name seen (BTreeSet order, the same on both copies). In a partial listing (`names`), an
+    /// inode with several links seen under one name only (its others in a directory listed by
+    /// name only) is a group of its own: a catch-up must not keep it as a single-link file.
     fn link_groups(&mut self) {
+        let partial = self.partial;
         for mut names in std::mem::take(&mut self.inodes).into_values() {
-            if names.len() > 1 {
-                names.sort();
-                let first = names[0].clone();
-                for n in names {
-                    if let Some(e) = self.entries.get_mut(&n) {
-                        e.link_group = Some(first.clone());
-                    }
+            if names.len() < 2 && !partial {
+                continue;
+            }
+            names.sort();
+            let first = names[0].clone();
+            for n in names {
+                if let Some(e) = self.entries.get_mut(&n) {
+                    e.link_group = Some(first.clone());
                 }
             }
         }

@@ -15,6 +15,8 @@
 //! it whole first; a file never recorded is trusted unchanged only if its ctime is older than the
 //! start of tracking minus a margin (writes in flight when tracking began, and changes made
 //! outside the layer, all move the ctime). A directory renamed at all makes every file suspect.
+//! (A log that vouches for names, below, has no margin: such a change to a file not recorded
+//! marks it whole at once.)
 //!
 //! Namespace changes are recorded too: before an entry of a directory is created, removed,
 //! renamed or linked, or an entry's attributes (mode, owner, times, xattrs) change, the
@@ -240,6 +242,9 @@ impl ZoneLog {
         let mut records: Vec<[u8; 32]> = st.roots.iter().map(|(i, k)| record(ROOT, *i, *k)).collect();
         if st.names {
             records.push(record(NAMES, 0, (0, 0)));
+        }
+        if st.dir_renamed {
+            records.push(record(DIR_RENAMED, 0, (0, 0)));
         }
         records.extend(st.dirs.iter().filter(|k| keep_dir(**k)).map(|k| record(DIR, 0, *k)));
         for (key, f) in &st.files {
@@ -558,10 +563,17 @@ impl ZoneLog {
 
     /// Before a change that may make the recorded zones of `key` stand for other data
     /// (truncation, fallocate, a rename or link of the file, its last unlink): a recorded file
-    /// becomes whole. A file not recorded needs nothing: the change moves its ctime.
+    /// becomes whole. A file not recorded needs nothing in a log with a margin (the change moves
+    /// its ctime, and its first write then records it whole); in a log that vouches for names
+    /// (no margin) it becomes whole too.
     pub fn before_identity_change(&self, key: (u64, u64)) {
         let mut st = self.lock();
-        if matches!(st.files.get(&key), Some(FileState::Zones(_))) {
+        let whole = match st.files.get(&key) {
+            Some(FileState::Zones(_)) => true,
+            Some(FileState::Whole) => false,
+            None => st.names,
+        };
+        if whole {
             self.append(&mut st, &[record(WHOLE, 0, key)]);
             if !st.lost {
                 st.files.insert(key, FileState::Whole);
@@ -697,6 +709,11 @@ mod tests {
         assert_eq!(log.lookup((1, 50), SystemTime::now()), Some(Tracked::Untouched), "no margin once vouched");
         log.before_write((1, 51), 0, 1, SystemTime::now());
         assert_eq!(log.lookup((1, 51), SystemTime::now()), Some(Tracked::Ranges(vec![(0, 1 << 20)])));
+        // With no margin, a truncation of a file never recorded marks it whole at once (its
+        // later writes would otherwise record only their own zones).
+        log.before_identity_change((1, 52));
+        log.before_write((1, 52), 0, 1, SystemTime::now());
+        assert_eq!(log.lookup((1, 52), old()), Some(Tracked::Whole));
         drop(log);
         let log = ZoneLog::open_with_margin(&path, 1 << 20, Duration::from_secs(3600)).unwrap();
         assert!(log.names_complete(), "the NAMES record is durable");

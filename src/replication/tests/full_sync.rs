@@ -802,6 +802,11 @@ fn a_names_catch_up_lists_unchanged_directories_by_name_only() {
     let p = a.primary.clone();
     let mut rng = Rng(11);
     make_race_tree(&p, &mut rng);
+    // A 3 MiB file; hard links across directories (d8/hl and d6/hl2, d9/f0 and d3/lnk).
+    fs::write(p.join("d9/two"), rng.bytes(3 << 20)).unwrap();
+    fs::write(p.join("d8/hl"), rng.bytes(9000)).unwrap();
+    fs::hard_link(p.join("d8/hl"), p.join("d6/hl2")).unwrap();
+    fs::hard_link(p.join("d9/f0"), p.join("d3/lnk")).unwrap();
     fs::remove_dir(&a.replica).unwrap();
     copy_tree(&p, &a.replica);
     let log = Arc::new(ZoneLog::open_with_margin(&a._tmp.path().join("zones"), 1 << 20, Duration::ZERO).unwrap());
@@ -835,19 +840,38 @@ fn a_names_catch_up_lists_unchanged_directories_by_name_only() {
     fs::remove_file(p.join("d6/f6")).unwrap();
     fs::create_dir(p.join("d7/deep/newdir")).unwrap();
     fs::write(p.join("d7/deep/newdir/x"), b"inside").unwrap();
+    // A file never recorded, in an unchanged directory, truncated and extended, then written
+    // at 0: its old zones 1 and 2 are zeros now.
+    let two = OpenOptions::new().write(true).open(p.join("d9/two")).unwrap();
+    two.set_len(0).unwrap();
+    two.set_len(3 << 20).unwrap();
+    two.write_all_at(b"after the truncation", 0).unwrap();
+    drop(two);
+    // A save by rename over one name of a hard-linked file: d8/hl keeps the old inode alone.
+    fs::write(p.join("d6/tmp"), rng.bytes(5000)).unwrap();
+    fs::rename(p.join("d6/tmp"), p.join("d6/hl2")).unwrap();
+    // A chmod through one name of a hard-linked file, that name then removed: d9/f0 (in an
+    // unchanged directory) has another mode and one link.
+    fs::set_permissions(p.join("d3/lnk"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(p.join("d3/lnk")).unwrap();
     let sink = RecordingSink::new();
     fsys.attach_empty_secondary(sink.clone());
     let plan = fsys.names_plan(&log).expect("a names catch-up");
     let mut full: Vec<String> = plan.full.iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect();
     full.sort();
     assert_eq!(full, ["d2", "d3", "d4", "d5", "d6", "d7/deep", "d7/deep/newdir"], "{plan:?}");
-    assert_eq!(plan.hash, [b"d0/f3".to_vec()], "only the file recorded whole is hashed");
+    // Hashed: the files the log records whole (truncated, or renamed, linked or unlinked: with
+    // no margin, any change of identity marks a file whole).
+    let mut hashed: Vec<String> = plan.hash.iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect();
+    hashed.sort();
+    hashed.retain(|h| h != "d7/deep/newdir/x"); // created with O_TRUNC: whole, or not yet there
+    assert_eq!(hashed, ["d0/f3", "d2/renamed", "d6/hl2", "d8/hl", "d9/f0", "d9/two"], "{hashed:?}");
     let live = Live::new(&a.replica, sink.clone());
     let (entries, names) = names_basis(&a.replica, &plan, live.clone());
     let bare = entries.values().filter(|e| e.bare).count();
-    // d0, d1, d7, d8, d9 (40 files each, d0/f3 hashed whole), the 9 deep leaves outside
-    // d7/deep, big, and logs/log.
-    assert_eq!(bare, 5 * 40 - 1 + 9 + 1 + 1, "entries listed by name only");
+    // d0, d1, d7, d8, d9 (40 files each; d0/f3, d9/f0 hashed, d8/hl and d9/two hashed too),
+    // the 9 deep leaves outside d7/deep, big, and logs/log.
+    assert_eq!(bare, 5 * 40 - 2 + 9 + 1 + 1, "entries listed by name only");
     assert!(
         entries[&tandem_replication::op::RelPath(b"d4/f4".to_vec())].mode != 0,
         "a changed directory is listed whole"
@@ -867,9 +891,23 @@ fn a_names_catch_up_lists_unchanged_directories_by_name_only() {
     // Sent: the image's 2 zones, d1/f1 (one zone: all of it), d0/f3's first block (differs:
     // compared against its hashes), the renamed and the new files, x, and d8/f8 (changed
     // outside the layer).
-    let sent = (2 << 20) + small("d1/f1") + 50 + small("d2/renamed") + 7000 + 6 + small("d8/f8");
+    // d8/f8 (changed outside the layer), d9/two's block 0 (its zeros are punched), the new
+    // d6/hl2, and d8/hl and d9/f0: they lost a name here, and the replica's copies still have
+    // two (a hard-link group of the listing), so they are removed and sent again rather than
+    // written in place (d9/f0 with its new mode).
+    let sent = (2 << 20)
+        + small("d1/f1")
+        + 50
+        + small("d2/renamed")
+        + 7000
+        + 6
+        + small("d8/f8")
+        + (1 << 20)
+        + 5000
+        + 9000
+        + small("d9/f0");
     assert_eq!(result.bytes, sent, "{result:?}");
-    assert_eq!(result.removed, 2, "d2/f2 and d6/f6: {result:?}");
+    assert_eq!(result.removed, 6, "d2/f2, d6/f6, d3/lnk, and the hard-linked d6/hl2, d8/hl, d9/f0: {result:?}");
 }
 
 /// A zone catch-up of a static tree: exactly the recorded zones are read and sent; files the

@@ -47,7 +47,6 @@ impl Model {
             .collect()
     }
 
-    /// Drops `p` and everything below it.
     /// The entries of `dir` become `entries` (paths relative to the tree, direct children of
     /// `dir`): a directory listed by name only, now listed whole. A child not among them goes,
     /// with what was below it.
@@ -66,6 +65,7 @@ impl Model {
         }
     }
 
+    /// Drops `p` and everything below it.
     pub fn remove(&mut self, p: &[u8]) {
         self.entries.remove(p);
         let (lo, hi) = subtree_bounds(p);

@@ -411,12 +411,22 @@ impl Inner {
         if log.is_none() && al.is_none() {
             return;
         }
-        if let Ok(st) = self.stat_path(dir) {
-            if let Some(log) = log {
-                log.before_dir_change(key_of(&st));
+        match self.stat_path(dir) {
+            Ok(st) => {
+                if let Some(log) = log {
+                    log.before_dir_change(key_of(&st));
+                }
+                if let Some(al) = al {
+                    al.before_dir_change(key_of(&st));
+                }
             }
-            if let Some(al) = al {
-                al.before_dir_change(key_of(&st));
+            // Gone: the change fails as well.
+            Err(Errno(libc::ENOENT | libc::ENOTDIR)) => {}
+            // The change may proceed unrecorded: the zone log no longer vouches for anything.
+            Err(_) => {
+                if let Some(log) = log {
+                    log.mark_lost();
+                }
             }
         }
     }

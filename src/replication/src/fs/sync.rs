@@ -817,8 +817,9 @@ impl Inner {
             Some(Tracked::Ranges(r)) => Plan::Ranges(r),
             // Listed by name only: its directory saw no namespace or attribute change (else it
             // was listed whole), so no change through the layer moved its ctime since tracking
-            // started. One that did move changed outside the layer (while the daemon was down,
-            // say): compared (sent whole: there are no hashes of it).
+            // started, but a change through another of its names, or outside the layer (while
+            // the daemon was down, say): compared (its data sent whole, as there are no hashes
+            // of it, with its owner, mode and xattrs).
             Some(Tracked::Untouched) if old.bare => {
                 if super::handlers::ctime_of(st) > log.started() {
                     Plan::Compare
@@ -951,23 +952,34 @@ impl Inner {
                 gid: st.st_gid,
             },
         );
-        if let Some(old) = old.filter(|o| !o.bare) {
-            let chown = old.uid != st.st_uid || old.gid != st.st_gid;
-            if chown {
-                self.push(last, Op::Chown { path: rel(p), uid: Some(st.st_uid), gid: Some(st.st_gid) });
+        match old {
+            Some(old) if !old.bare => {
+                let chown = old.uid != st.st_uid || old.gid != st.st_gid;
+                if chown {
+                    self.push(last, Op::Chown { path: rel(p), uid: Some(st.st_uid), gid: Some(st.st_gid) });
+                }
+                if chown || old.mode != st.st_mode & 0o7777 {
+                    self.push(last, Op::Chmod { path: rel(p), mode: st.st_mode & 0o7777 });
+                }
             }
-            if chown || old.mode != st.st_mode & 0o7777 {
+            // Known by name only, and changed: its owner and mode are sent as they are here (a
+            // change of them may have gone through another name, or outside the layer).
+            Some(_) => {
+                self.push(last, Op::Chown { path: rel(p), uid: Some(st.st_uid), gid: Some(st.st_gid) });
                 self.push(last, Op::Chmod { path: rel(p), mode: st.st_mode & 0o7777 });
             }
+            None => {}
         }
         // The size first: from now on every change of size by the application is sent. (A kept
         // file of the same size is not truncated: that would only move its times.)
         if old.is_none_or(|e| e.bare || e.size != size) {
             self.push(last, Op::Truncate { fh, size });
         }
-        // Known by name only: its directory saw no xattr change.
-        if !old.is_some_and(|e| e.bare) {
-            self.emit_xattrs_over(p, old, last);
+        // Known by name only: its xattrs are set as they are here (one the secondary alone
+        // holds stays: docs/replication.md, "Namespace log").
+        match old {
+            Some(e) if e.bare => self.emit_xattrs(p, last),
+            _ => self.emit_xattrs_over(p, old, last),
         }
         self.open_app_handles(key, p, last);
         if let Some(s) = self.sync_state().as_mut() {
