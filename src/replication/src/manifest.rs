@@ -182,7 +182,7 @@ pub fn prewarm_with(root: &Path, stat: bool) {
 /// others have no `blocks` and no `hash`: a catch-up trusting the zone log reads only what it
 /// must on the secondary too.
 pub fn build_with(root: &Path, hash: Option<&std::collections::HashSet<RelPath>>) -> Result<Manifest, ManifestError> {
-    walk_tree(root, hash, None)
+    walk_tree(root, hash, None, None)
 }
 
 /// The walk behind [`build_with`] and [`build_listing`]: with `activity`, each regular file it
@@ -191,12 +191,13 @@ fn walk_tree(
     root: &Path,
     hash: Option<&std::collections::HashSet<RelPath>>,
     activity: Option<&HashMap<(u64, u64), crate::zonelog::Tracked>>,
+    names: Option<&std::collections::HashSet<RelPath>>,
 ) -> Result<Manifest, ManifestError> {
     let err = |what: String| move |e: Errno| ManifestError::Io { root: root.to_owned(), what, source: e.into() };
     let root_fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(err("open".into()))?;
-    let mut w =
-        Walker { root, entries: BTreeMap::new(), inodes: HashMap::new(), hash, activity, names: None, partial: false };
+    let partial = names.is_some();
+    let mut w = Walker { root, entries: BTreeMap::new(), inodes: HashMap::new(), hash, activity, names, partial };
     let st = rfs::fstat(&root_fd).map_err(err("stat".into()))?;
     let root_entry = w.entry(root_fd.as_fd(), c".", &RelPath(Vec::new()), &st)?;
     w.entries.insert(RelPath(Vec::new()), root_entry);
@@ -214,24 +215,7 @@ pub fn build_names(
     hash: &std::collections::HashSet<RelPath>,
     full: &std::collections::HashSet<RelPath>,
 ) -> Result<Manifest, ManifestError> {
-    let err = |what: String| move |e: Errno| ManifestError::Io { root: root.to_owned(), what, source: e.into() };
-    let root_fd = rfs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(err("open".into()))?;
-    let mut w = Walker {
-        root,
-        entries: BTreeMap::new(),
-        inodes: HashMap::new(),
-        hash: Some(hash),
-        activity: None,
-        names: Some(full),
-        partial: true,
-    };
-    let st = rfs::fstat(&root_fd).map_err(err("stat".into()))?;
-    let root_entry = w.entry(root_fd.as_fd(), c".", &RelPath(Vec::new()), &st)?;
-    w.entries.insert(RelPath(Vec::new()), root_entry);
-    w.walk(root_fd, Vec::new())?;
-    w.link_groups();
-    Ok(Manifest { block_size: BLOCK_SIZE, entries: w.entries, activity_log: false })
+    walk_tree(root, Some(hash), None, Some(full))
 }
 
 /// The entries of the directory `dir` (relative to `root`), listed whole without hashes, not
@@ -292,7 +276,7 @@ pub fn build_listing(
         tracing::warn!(root = %root.display(), "activity log not used: a replicated directory is not the one it recorded");
         return build_with(root, hash);
     }
-    let mut m = walk_tree(root, hash, Some(&log.files))?;
+    let mut m = walk_tree(root, hash, Some(&log.files), None)?;
     m.activity_log = true;
     Ok(m)
 }

@@ -437,18 +437,7 @@ impl Inner {
             if changed.contains(&key) {
                 plan.full.push(d.clone());
             }
-            let Ok(c) = cpath(&d) else { continue };
-            let Ok(fd) = sys::openat(self.dirfd(), &c, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) else {
-                continue;
-            };
-            for e in sys::read_dir(fd).unwrap_or_default() {
-                if e.name == b"." || e.name == b".." {
-                    continue;
-                }
-                let p = join(&d, &e.name);
-                if self.excluded(&p) {
-                    continue;
-                }
+            for (p, e) in self.entries_of(&d) {
                 let look = match e.d_type {
                     libc::DT_DIR | libc::DT_UNKNOWN => true,
                     libc::DT_REG => recorded_inos.contains(&e.ino),
@@ -554,22 +543,26 @@ impl Inner {
         ranges.iter().map(|(_, n)| n).sum()
     }
 
+    /// The entries of the directory `d` (their paths, and what the directory says of them),
+    /// excluded names aside; none if it cannot be read (it went away meanwhile).
+    fn entries_of(&self, d: &[u8]) -> Vec<(Vec<u8>, sys::DirEntry)> {
+        let Ok(c) = cpath(d) else { return Vec::new() };
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let Ok(fd) = sys::openat(self.dirfd(), &c, flags, 0) else { return Vec::new() };
+        sys::read_dir(fd)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.name != b"." && e.name != b"..")
+            .map(|e| (join(d, &e.name), e))
+            .filter(|(p, _)| !self.excluded(p))
+            .collect()
+    }
+
     /// Calls `f` with the path and stat of every regular file of the tree (excluded names aside).
     fn walk_files(&self, f: &mut dyn FnMut(&[u8], &libc::stat)) {
         let mut stack = vec![Vec::new()];
         while let Some(d) = stack.pop() {
-            let Ok(c) = cpath(&d) else { continue };
-            let Ok(fd) = sys::openat(self.dirfd(), &c, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) else {
-                continue;
-            };
-            for e in sys::read_dir(fd).unwrap_or_default() {
-                if e.name == b"." || e.name == b".." {
-                    continue;
-                }
-                let p = join(&d, &e.name);
-                if self.excluded(&p) {
-                    continue;
-                }
+            for (p, _) in self.entries_of(&d) {
                 let Ok(st) = self.stat_path(&p) else { continue };
                 match st.st_mode & libc::S_IFMT {
                     libc::S_IFDIR => stack.push(p),
