@@ -11,6 +11,8 @@
 #   BENCH_SEQ_SIZE=512m    size of the sequential 1 MiB job (fio size)
 #   BENCH_RAND_SIZE=64m    file of the 4 KiB random-write job (fio size)
 #   BENCH_RAND_RUNTIME=20  at most this many seconds per random-write job
+#   BENCH_TARGETS=a,b,c,d,e  the targets run, in this order within a round (by letter)
+#   BENCH_JOBS=seq-1m,rand-4k-fsync  the jobs run
 #   BENCH_KEEP_LOGS=1      keep the bench's working directory (configuration, daemon logs, fio JSON)
 #
 # Exit code: the bench's (1 when something could not be measured or the two copies differ; the
@@ -25,7 +27,7 @@ write_doc=0
 for arg in "$@"; do
   case "$arg" in
     --write-doc) write_doc=1 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $arg (see --help)" ;;
   esac
 done

@@ -30,7 +30,8 @@
 //! both nodes, and fails if they differ.
 //!
 //! Environment: `BENCH_RUNS`, `BENCH_SEQ_SIZE`, `BENCH_RAND_SIZE` (fio sizes), `BENCH_RAND_RUNTIME`
-//! (seconds), `BENCH_LAB_PREFIX` (default `rb<pid>`: the lab's name is `<prefix>-0`;
+//! (seconds), `BENCH_TARGETS` (the targets run and their order in a round, by letter: default
+//! `a,b,c,d,e`), `BENCH_JOBS` (default `seq-1m,rand-4k-fsync`), `BENCH_LAB_PREFIX` (default `rb<pid>`: the lab's name is `<prefix>-0`;
 //! scripts/bench-replication.sh uses it to clean up after an interrupted run), `BENCH_KEEP_LOGS=1`
 //! (keep the working directory: configuration, daemon logs, fio's JSON).
 //!
@@ -152,6 +153,9 @@ impl Job {
 
 struct Params {
     runs: usize,
+    /// The targets and jobs run, in this order (`BENCH_TARGETS`, `BENCH_JOBS`).
+    targets: Vec<Target>,
+    jobs: Vec<Job>,
     seq_size: String,
     rand_size: String,
     rand_runtime: u64,
@@ -239,8 +243,33 @@ fn bench() -> Result<bool> {
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| anyhow!("BENCH_RAND_RUNTIME={rt_s:?}: expected seconds ≥ 1"))?;
+    // A subset, or another order within a round: a target's place in the round may matter (the
+    // page cache and the writeback the one before it left).
+    let targets_s = env_or("BENCH_TARGETS", "a,b,c,d,e");
+    let targets = targets_s
+        .split(',')
+        .map(|l| match l.trim() {
+            "a" => Ok(Target::Local),
+            "b" => Ok(Target::Bindfs),
+            "c" => Ok(Target::Tandem),
+            "d" => Ok(Target::TwoLocal),
+            "e" => Ok(Target::TandemNoActivityLog),
+            other => Err(anyhow!("BENCH_TARGETS={targets_s:?}: {other:?} is not a target (a, b, c, d or e)")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let jobs_s = env_or("BENCH_JOBS", "seq-1m,rand-4k-fsync");
+    let jobs = jobs_s
+        .split(',')
+        .map(|j| {
+            JOBS.into_iter()
+                .find(|k| k.name() == j.trim())
+                .ok_or_else(|| anyhow!("BENCH_JOBS={jobs_s:?}: {:?} is not a job (seq-1m or rand-4k-fsync)", j.trim()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let p = Params {
         runs,
+        targets,
+        jobs,
         seq_size: env_or("BENCH_SEQ_SIZE", "512m"),
         rand_size: env_or("BENCH_RAND_SIZE", "64m"),
         rand_runtime,
@@ -261,8 +290,8 @@ fn bench() -> Result<bool> {
     let lab_name = format!("{prefix}-0");
     eprintln!(
         "bench replication: {runs} run(s) of {} jobs on {} targets in lab {lab_name}; working directory {}",
-        JOBS.len(),
-        TARGETS.len(),
+        p.jobs.len(),
+        p.targets.len(),
         workdir.display()
     );
 
@@ -526,8 +555,8 @@ fn measure_all(p: &Params, dir: &Path, lab_name: &str) -> Result<Report> {
             }
             Err(e) => notes.push(format!("- ping, round {}: {e:#}", i + 1)),
         }
-        for job in JOBS {
-            for target in TARGETS {
+        for &job in &p.jobs {
+            for &target in &p.targets {
                 let cell = &mut cells.iter_mut().find(|(k, _)| *k == (target, job)).expect("cell").1;
                 if target.replicated() && replication_lost {
                     cell.errors.push(format!("run {}: not run: the replication was lost earlier", i + 1));
@@ -573,10 +602,20 @@ fn measure_all(p: &Params, dir: &Path, lab_name: &str) -> Result<Report> {
     if let Err(e) = stop_bindfs(&lab) {
         notes.push(format!("- unmounting bindfs: {e:#}"));
     }
-    let identical = compare_copies(&lab, dir);
+    // The copies of each replicated directory the run wrote into.
+    let written: Vec<&str> = [(Target::Tandem, REPL_DIR), (Target::TandemNoActivityLog, NOAL_DIR)]
+        .into_iter()
+        .filter(|(t, _)| p.targets.contains(t))
+        .map(|(_, d)| d)
+        .collect();
+    let identical: Result<Vec<usize>> = written.iter().map(|d| compare_copies(&lab, dir, d, p.jobs.len())).collect();
     let ok_identity = identical.is_ok();
     let identity_line = match &identical {
-        Ok(n) => format!("Copies after the run: **identical** on {PRIMARY} and {SECONDARY} ({n} entries of {REPL_DIR}: listing with kinds, modes, owners and sizes, and the sha256 of every file)."),
+        Ok(_) if written.is_empty() => "Copies after the run: not compared (no replicated target was run).".to_string(),
+        Ok(n) => format!(
+            "Copies after the run: **identical** on {PRIMARY} and {SECONDARY} ({}: listing with kinds, modes, owners and sizes, and the sha256 of every file).",
+            written.iter().zip(n).map(|(d, n)| format!("{n} entries of {d}")).collect::<Vec<_>>().join(", ")
+        ),
         Err(e) => format!("Copies after the run: **DIFFERENT** on {PRIMARY} and {SECONDARY}: {}", e.to_string().lines().next().unwrap_or("")),
     };
     if let Err(e) = &identical {
@@ -692,22 +731,26 @@ fn ping_rtt(lab: &Lab) -> Result<f64> {
 
 /// A listing (kinds, modes, owners, sizes, link targets) and the sha256 of every file of the
 /// replicated directory, made the same way on both nodes.
-const LISTING: &str = "cd /srv/web && find . -mindepth 1 -printf '%p %y %m %U:%G %s %l\\n' | sort && find . -type f -exec sha256sum {} + | sort";
+const LISTING: &str =
+    "find . -mindepth 1 -printf '%p %y %m %U:%G %s %l\\n' | sort && find . -type f -exec sha256sum {} + | sort";
 
-/// Compares the copies of /srv/web; returns the number of entries.
-fn compare_copies(lab: &Lab, dir: &Path) -> Result<usize> {
+/// Compares the copies of the replicated directory `repl` (into which `jobs` fio jobs wrote);
+/// returns the number of entries.
+fn compare_copies(lab: &Lab, dir: &Path, repl: &str, jobs: usize) -> Result<usize> {
     // Every fio job ended with an fsync the secondary acknowledged as durable; nothing is in flight.
-    let a = run_in(lab, PRIMARY, &["sh", "-c", LISTING], &[0], LISTING_TIMEOUT)?;
-    let b = run_in(lab, SECONDARY, &["sh", "-c", LISTING], &[0], LISTING_TIMEOUT)?;
+    let listing = format!("cd {repl} && {LISTING}");
+    let a = run_in(lab, PRIMARY, &["sh", "-c", &listing], &[0], LISTING_TIMEOUT)?;
+    let b = run_in(lab, SECONDARY, &["sh", "-c", &listing], &[0], LISTING_TIMEOUT)?;
     let (a, b) = (String::from_utf8_lossy(&a.stdout).into_owned(), String::from_utf8_lossy(&b.stdout).into_owned());
-    fs::write(dir.join("listing-n1.txt"), &a)?;
-    fs::write(dir.join("listing-n2.txt"), &b)?;
+    let tag = repl.trim_start_matches("/srv/");
+    fs::write(dir.join(format!("listing-{tag}-n1.txt")), &a)?;
+    fs::write(dir.join(format!("listing-{tag}-n2.txt")), &b)?;
     // sha256sum lines are "<64 hex digits>  ./name"; the others are the listing's.
     let is_sum = |l: &&str| l.len() > 66 && l[..64].bytes().all(|b| b.is_ascii_hexdigit()) && &l[64..66] == "  ";
     let files = a.lines().filter(is_sum).count();
     let entries = a.lines().count() - files;
-    if files < JOBS.len() {
-        bail!("fewer fio files than jobs in {REPL_DIR} on {PRIMARY}: {a}");
+    if files < jobs {
+        bail!("fewer fio files than jobs in {repl} on {PRIMARY}: {a}");
     }
     if a != b {
         let first = a
@@ -718,7 +761,7 @@ fn compare_copies(lab: &Lab, dir: &Path) -> Result<usize> {
             .unwrap_or_else(|| {
                 format!("{} lines on {PRIMARY}, {} on {SECONDARY}", a.lines().count(), b.lines().count())
             });
-        bail!("the listings differ (first difference: {first})");
+        bail!("the listings of {repl} differ (first difference: {first})");
     }
     Ok(entries)
 }
@@ -744,8 +787,8 @@ fn render(p: &Params, cells: &[((Target, Job), Cell)], rtts: &[f64]) -> String {
         "| target | job | runs | median | write p50 (µs) | write p99 (µs) | fsync p50 (µs) | fsync p99 (µs) | all runs |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|");
-    for job in JOBS {
-        for target in TARGETS {
+    for job in JOBS.into_iter().filter(|j| p.jobs.contains(j)) {
+        for target in TARGETS.into_iter().filter(|t| p.targets.contains(t)) {
             let c = get(target, job);
             let fig = |s: &Sample| match job {
                 Job::Seq => s.mbps,

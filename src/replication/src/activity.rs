@@ -13,10 +13,12 @@
 //! - the directory's filesystem was synced (`syncfs`) after that last write.
 //!
 //! A background thread does this every half window: it syncs, then rewrites the log with the
-//! zones still active (written under another name and renamed: the log is always whole). It
+//! zones still active (written under another name and renamed: the log is always whole; only
+//! the rename, with what was recorded meanwhile, holds up the writers). It
 //! syncs the files concerned (`fdatasync`, reopened by the file handle taken at their first
 //! record: `open_by_handle_at`), or the whole filesystem (`syncfs`) when they are many (over
-//! 256) or one cannot be reopened that way. A
+//! 256) or one cannot be reopened that way. A writer going on in order gets the next 32 MiB
+//! of zones recorded with the one it enters (one `fdatasync` for 9 zones rather than each). A
 //! truncation or fallocate marks the file whole. Files are named by (st_dev, st_ino), and the
 //! replicated directories' own (st_dev, st_ino) are recorded first: a copy whose directory has
 //! another identity when the log is read (another filesystem, a device renumbered by a reboot)
@@ -33,7 +35,8 @@ use std::time::{Duration, Instant};
 use crate::zonelog::{Tracked, ZoneLog, ZoneLogError};
 
 struct Active {
-    log: ZoneLog,
+    /// Shared, so that a retirement writes the next log without holding up the writers.
+    log: Arc<ZoneLog>,
     /// Last write into each active zone (`None`: the file is whole).
     touched: HashMap<((u64, u64), Option<u32>), Instant>,
     /// A file handle of each file with active zones, to sync it alone at retirement.
@@ -51,6 +54,9 @@ type FileToSync = ((u64, u64), Option<Handle>);
 
 /// At most this many files are synced one by one at a retirement; more, and it is `syncfs`.
 const SYNC_ONE_BY_ONE: usize = 256;
+
+/// How far ahead of a sequential writer its zones are recorded (see [`ActivityLog::before_write`]).
+const RECORD_AHEAD: u64 = 32 << 20;
 
 /// A `struct file_handle` with room for the largest handle (MAX_HANDLE_SZ).
 #[repr(C)]
@@ -152,7 +158,12 @@ impl ActivityLog {
             zone_shift: zone_size.trailing_zeros(),
             window,
             dirs: with_dev,
-            active: Mutex::new(Active { log, touched: HashMap::new(), handles: HashMap::new(), dirs: HashMap::new() }),
+            active: Mutex::new(Active {
+                log: Arc::new(log),
+                touched: HashMap::new(),
+                handles: HashMap::new(),
+                dirs: HashMap::new(),
+            }),
             stop: Arc::new((Mutex::new(false), Condvar::new())),
             failed: AtomicBool::new(false),
             syncfs_count: std::sync::atomic::AtomicU64::new(0),
@@ -215,10 +226,20 @@ impl ActivityLog {
             return;
         }
         let first = (offset >> self.zone_shift) as u32;
-        let last = ((offset + len - 1) >> self.zone_shift) as u32;
+        let mut last = ((offset + len - 1) >> self.zone_shift) as u32;
+        // A writer going on in order (into a zone not active yet, from an active one or from
+        // just after one) gets the next zones recorded now too, in the same record: it then waits
+        // for one `fdatasync` of the log every RECORD_AHEAD bytes rather than every zone, behind
+        // its own writeback. After a crash those zones are sent again like the others (clipped
+        // to the file's size): at most RECORD_AHEAD more per file that was written in order.
+        let active = |z: u32| a.touched.contains_key(&(key, Some(z)));
+        if !active(last) && (first.saturating_sub(1)..last).any(active) {
+            last = last.saturating_add((RECORD_AHEAD >> self.zone_shift).max(1) as u32);
+        }
+        let (from, to) = ((first as u64) << self.zone_shift, ((last as u64) + 1) << self.zone_shift);
         // `ZoneLog::before_write` records only the zones it does not hold yet; the ctime given
         // is old so that it never turns a first write into a whole file.
-        a.log.before_write(key, offset, len, std::time::UNIX_EPOCH);
+        a.log.before_write(key, from, to - from, std::time::UNIX_EPOCH);
         if a.log.lost() {
             self.failed.store(true, Ordering::Relaxed);
         }
@@ -296,9 +317,22 @@ impl ActivityLog {
         if !files.is_empty() {
             self.sync_files(&files)?;
         }
+        // The next log, written and synced without holding up the writers: what is active now
+        // and was written since `cut`. A record made meanwhile (a new zone, or a zone left out
+        // and written again) is added to it before it takes the place of the current one.
+        let (log, keep, keep_dirs) = {
+            let a = self.lock();
+            let keep: HashSet<((u64, u64), Option<u32>)> =
+                a.touched.iter().filter(|(_, t)| **t >= cut).map(|(z, _)| *z).collect();
+            let keep_dirs: HashSet<(u64, u64)> = a.dirs.iter().filter(|(_, t)| **t >= cut).map(|(d, _)| *d).collect();
+            (a.log.clone(), keep, keep_dirs)
+        };
+        let prepared = log
+            .prepare_rewrite(|key, zone| keep.contains(&(key, zone)), |key| keep_dirs.contains(&key))
+            .map_err(|e: ZoneLogError| e.to_string())?;
         let mut a = self.lock();
         if self.halted() {
-            // Removed meanwhile: a rewrite would put the log back.
+            // Removed meanwhile: installing it would put the log back (dropped, it is removed).
             return Ok(0);
         }
         let before = a.touched.len() + a.dirs.len();
@@ -309,9 +343,9 @@ impl ActivityLog {
         let (touched, dirs) = (&a.touched, &a.dirs);
         let new = a
             .log
-            .rewrite(|key, zone| touched.contains_key(&(key, zone)), |key| dirs.contains_key(&key))
+            .install(prepared, |key, zone| touched.contains_key(&(key, zone)), |key| dirs.contains_key(&key))
             .map_err(|e: ZoneLogError| e.to_string())?;
-        a.log = new;
+        a.log = Arc::new(new);
         Ok(before - a.touched.len() - a.dirs.len())
     }
 
@@ -404,7 +438,7 @@ mod tests {
         };
         let (ka, kb) = (key(&files[0]), key(&files[1]));
         al.before_write(files[0].as_fd(), ka, 0, 10);
-        al.before_write(files[0].as_fd(), ka, (1 << 20) + 5, 10);
+        al.before_write(files[0].as_fd(), ka, (2 << 20) + 5, 10);
         al.before_write(files[1].as_fd(), kb, 3 << 20, 1);
         // Named by key only (no descriptor, no handle): its retirement syncs the filesystem.
         al.before_whole_change(None, (1, 12));
@@ -415,7 +449,7 @@ mod tests {
         let r = ActivityLog::read(&path).expect("a sound log");
         let st = rustix::fs::stat(&data).unwrap();
         assert_eq!(r.roots, vec![(0, (st.st_dev, st.st_ino))]);
-        assert_eq!(r.files.get(&ka), Some(&Tracked::Ranges(vec![(0, 2 << 20)])));
+        assert_eq!(r.files.get(&ka), Some(&Tracked::Ranges(vec![(0, 1 << 20), (2 << 20, 1 << 20)])));
         assert_eq!(r.files.get(&kb), Some(&Tracked::Ranges(vec![(3 << 20, 1 << 20)])));
         assert_eq!(r.files.get(&(1, 12)), Some(&Tracked::Whole));
         assert_eq!(r.files.len(), 3);
@@ -451,6 +485,52 @@ mod tests {
         al.remove().unwrap();
         assert!(!path.exists());
         assert!(ActivityLog::read(&path).is_none(), "no log: nothing to trust");
+    }
+
+    #[test]
+    fn a_sequential_writer_waits_for_a_record_every_32_mib_and_a_random_one_per_zone() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let path = d.path().join("activity.log");
+        let fd: OwnedFd = std::fs::File::open(&data).unwrap().into();
+        let al = ActivityLog::start(&path, 4 << 20, Duration::from_secs(3600), vec![fd]).unwrap();
+        let f = std::fs::File::create(data.join("seq")).unwrap();
+        let st = rustix::fs::fstat(&f).unwrap();
+        let (seq, rnd) = ((st.st_dev, st.st_ino), (st.st_dev, st.st_ino + 1_000_000));
+        let syncs = || al.lock().log.syncs();
+        let base = syncs();
+
+        // 256 MiB in order, 1 MiB at a time: 64 zones of 4 MiB, recorded 9 at a time after the
+        // first (the zone written and the 8 of the next 32 MiB).
+        for i in 0..256u64 {
+            al.before_write(f.as_fd(), seq, i << 20, 1 << 20);
+        }
+        let n = syncs() - base;
+        assert_eq!(n, 1 + 63u64.div_ceil(9), "one record for the first zone, then one per 9 zones");
+        // Every zone written is in the log, durably, and at most 32 MiB past the last write.
+        let r = ActivityLog::read(&path).unwrap();
+        let Some(Tracked::Ranges(ranges)) = r.files.get(&seq) else { panic!("{:?}", r.files) };
+        let end: u64 = ranges.iter().map(|(o, l)| o + l).max().unwrap();
+        assert_eq!(ranges[0].0, 0);
+        assert_eq!(ranges.iter().map(|(_, l)| l).sum::<u64>(), end, "no gap: {ranges:?}");
+        assert!((256 << 20..=(256 + 32) << 20).contains(&end), "{end}");
+
+        // Writes out of order record their own zones only, one record each.
+        let base = syncs();
+        for z in [40u64, 3, 17, 29, 8] {
+            al.before_write(f.as_fd(), rnd, z << 22, 4096);
+        }
+        assert_eq!(syncs() - base, 5);
+        let r = ActivityLog::read(&path).unwrap();
+        let Some(Tracked::Ranges(ranges)) = r.files.get(&rnd) else { panic!() };
+        assert_eq!(ranges.iter().map(|(_, l)| l).sum::<u64>(), 5 << 22, "{ranges:?}");
+        // A zone written again, or the next zone of a written one already recorded: no record.
+        let base = syncs();
+        al.before_write(f.as_fd(), rnd, 3 << 22, 4096);
+        al.before_write(f.as_fd(), seq, 7 << 20, 4096);
+        assert_eq!(syncs() - base, 0);
+        al.remove().unwrap();
     }
 
     #[test]

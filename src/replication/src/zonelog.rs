@@ -101,6 +101,59 @@ struct State {
     dirs: HashSet<(u64, u64)>,
     /// A NAMES record was written.
     names: bool,
+    /// Appends made durable (each one `fdatasync`), for tests of what a writer waits for.
+    syncs: u64,
+}
+
+/// A new log written and synced under a temporary name, not in place yet
+/// ([`ZoneLog::prepare_rewrite`]); dropped, it is removed.
+pub struct Prepared {
+    file: File,
+    tmp: PathBuf,
+    started: SystemTime,
+    /// The records it holds.
+    written: HashSet<[u8; 32]>,
+    count: u64,
+    capacity: u64,
+}
+
+impl Prepared {
+    /// Appends `more` (synced), renames the log over `path` and syncs the directory.
+    fn install(
+        mut self,
+        path: &Path,
+        shift: u32,
+        margin: Duration,
+        more: &[[u8; 32]],
+    ) -> Result<ZoneLog, ZoneLogError> {
+        let io = |what| move |source| ZoneLogError::Io { path: path.to_owned(), what, source };
+        if !more.is_empty() {
+            let end = HEADER + (self.count + more.len() as u64) * RECORD;
+            if end > self.capacity {
+                let grow = (end - self.capacity).div_ceil(GROWTH) * GROWTH;
+                self.file.write_all_at(&vec![0u8; grow as usize], self.capacity).map_err(io("writing"))?;
+                self.capacity += grow;
+            }
+            let bytes: Vec<u8> = more.iter().flatten().copied().collect();
+            self.file.write_all_at(&bytes, HEADER + self.count * RECORD).map_err(io("writing"))?;
+            self.file.sync_all().map_err(io("syncing"))?;
+        }
+        std::fs::rename(&self.tmp, path).map_err(io("renaming"))?;
+        self.tmp = PathBuf::new();
+        if let Some(dir) = path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing its directory"))?;
+        }
+        let file = self.file.try_clone().map_err(io("reading"))?;
+        ZoneLog::load(path, file, shift, self.started, margin).map_err(io("reading"))
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 pub struct ZoneLog {
@@ -192,6 +245,13 @@ impl ZoneLog {
     /// A new log at `path` holding `records`, tracking from now: written under another name,
     /// synced and renamed over `path`, so that `path` always holds a whole log, the old or the new.
     fn create(path: &Path, shift: u32, margin: Duration, records: &[[u8; 32]]) -> Result<ZoneLog, ZoneLogError> {
+        ZoneLog::prepare(path, shift, records)?.install(path, shift, margin, &[])
+    }
+
+    /// The first half of [`ZoneLog::create`]: the new log written whole and synced under another
+    /// name, not in place yet. The slow part (a new file's sync), so that a caller can do it
+    /// without holding up the writers that record into the log in place.
+    fn prepare(path: &Path, shift: u32, records: &[[u8; 32]]) -> Result<Prepared, ZoneLogError> {
         let io = |what| move |source| ZoneLogError::Io { path: path.to_owned(), what, source };
         let started = SystemTime::now();
         let tmp = path.with_extension("new");
@@ -206,11 +266,14 @@ impl ZoneLog {
         }
         file.write_all_at(&bytes, 0).map_err(io("writing"))?;
         file.sync_all().map_err(io("syncing"))?;
-        std::fs::rename(&tmp, path).map_err(io("renaming"))?;
-        if let Some(dir) = path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io("syncing its directory"))?;
-        }
-        ZoneLog::load(path, file, shift, started, margin).map_err(io("reading"))
+        Ok(Prepared {
+            file,
+            tmp,
+            started,
+            written: records.iter().copied().collect(),
+            count: records.len() as u64,
+            capacity,
+        })
     }
 
     /// Opens the log at `path` if it is there and sound, without creating anything.
@@ -238,6 +301,42 @@ impl ZoneLog {
         keep: impl Fn((u64, u64), Option<u32>) -> bool,
         keep_dir: impl Fn((u64, u64)) -> bool,
     ) -> Result<ZoneLog, ZoneLogError> {
+        let records = self.kept(keep, keep_dir);
+        ZoneLog::create(&self.path, self.zone_shift, self.margin, &records)
+    }
+
+    /// [`ZoneLog::rewrite`] in two steps, for a log that is written meanwhile: this one writes
+    /// and syncs the new log under another name, and [`ZoneLog::install`] then adds what was
+    /// recorded since and puts it in place.
+    pub fn prepare_rewrite(
+        &self,
+        keep: impl Fn((u64, u64), Option<u32>) -> bool,
+        keep_dir: impl Fn((u64, u64)) -> bool,
+    ) -> Result<Prepared, ZoneLogError> {
+        let records = self.kept(keep, keep_dir);
+        ZoneLog::prepare(&self.path, self.zone_shift, &records)
+    }
+
+    /// Puts a log prepared by [`ZoneLog::prepare_rewrite`] in place, once the records it lacks
+    /// among those `keep` and `keep_dir` accept now are added (records made since it was
+    /// prepared, or zones kept now that it left out): the log in place never lacks one of them.
+    pub fn install(
+        &self,
+        prepared: Prepared,
+        keep: impl Fn((u64, u64), Option<u32>) -> bool,
+        keep_dir: impl Fn((u64, u64)) -> bool,
+    ) -> Result<ZoneLog, ZoneLogError> {
+        let missing: Vec<[u8; 32]> =
+            self.kept(keep, keep_dir).into_iter().filter(|r| !prepared.written.contains(r)).collect();
+        prepared.install(&self.path, self.zone_shift, self.margin, &missing)
+    }
+
+    /// The records of a new log holding what `keep` and `keep_dir` accept (see [`ZoneLog::rewrite`]).
+    fn kept(
+        &self,
+        keep: impl Fn((u64, u64), Option<u32>) -> bool,
+        keep_dir: impl Fn((u64, u64)) -> bool,
+    ) -> Vec<[u8; 32]> {
         let st = self.lock();
         let mut records: Vec<[u8; 32]> = st.roots.iter().map(|(i, k)| record(ROOT, *i, *k)).collect();
         if st.names {
@@ -259,7 +358,7 @@ impl ZoneLog {
         if st.lost {
             records.push(record(LOST, 0, (0, 0)));
         }
-        ZoneLog::create(&self.path, self.zone_shift, self.margin, &records)
+        records
     }
 
     fn load(path: &Path, file: File, zone_shift: u32, started: SystemTime, margin: Duration) -> io::Result<ZoneLog> {
@@ -274,6 +373,7 @@ impl ZoneLog {
             roots: Vec::new(),
             dirs: HashSet::new(),
             names: false,
+            syncs: 0,
         };
         let mut buf = vec![0u8; (GROWTH as usize).min(1 << 20)];
         let mut off = HEADER;
@@ -377,6 +477,11 @@ impl ZoneLog {
     /// Whether the log can no longer be trusted (full, or a record could not be written).
     pub fn lost(&self) -> bool {
         self.lock().lost
+    }
+
+    /// Appends made durable since this log was opened (each one `fdatasync`).
+    pub fn syncs(&self) -> u64 {
+        self.lock().syncs
     }
 
     /// Records written, and files named.
@@ -509,6 +614,7 @@ impl ZoneLog {
             st.file.write_all_at(&bytes, HEADER + st.records * RECORD)?;
             st.file.sync_data()?;
             st.records += records.len() as u64;
+            st.syncs += 1;
             Ok(())
         })();
         if let Err(e) = r {
@@ -730,6 +836,44 @@ mod tests {
         // A directory renamed: names (and zones) no longer vouched for.
         log.before_dir_rename();
         assert!(!log.names_complete() && !log.usable());
+    }
+
+    #[test]
+    fn a_rewrite_prepared_aside_gets_what_was_recorded_meanwhile_before_it_takes_the_place() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("activity");
+        let log = ZoneLog::open_with_margin(&path, 1 << 20, Duration::ZERO).unwrap();
+        log.record_root(0, (1, 1));
+        for z in 0..4u64 {
+            log.before_write((1, 10), z << 20, 1, old());
+        }
+        log.before_dir_change((1, 2));
+        // Zones 0 and 1 retire; 2 and 3 stay.
+        let prepared = log.prepare_rewrite(|_, z| z >= Some(2), |_| true).unwrap();
+        assert!(path.with_extension("new").exists(), "written aside");
+        // Meanwhile: a new zone of another file, and zone 0 written again (active again).
+        log.before_write((1, 11), 7 << 20, 1, old());
+        let keep = |k: (u64, u64), z: Option<u32>| k == (1, 11) || z != Some(1);
+        // Until installed, the log in place is the old one, whole.
+        let r = ZoneLog::open_existing(&path).unwrap().unwrap().recorded();
+        assert_eq!(r.get(&(1, 10)), Some(&Tracked::Ranges(vec![(0, 4 << 20)])));
+        let new = log.install(prepared, keep, |_| true).unwrap();
+        assert!(!path.with_extension("new").exists(), "renamed into place");
+        drop((log, new));
+        let log = ZoneLog::open_existing(&path).unwrap().unwrap();
+        assert_eq!(log.roots(), vec![(0, (1, 1))]);
+        let r = log.recorded();
+        assert_eq!(
+            r.get(&(1, 10)),
+            Some(&Tracked::Ranges(vec![(0, 1 << 20), (2 << 20, 2 << 20)])),
+            "zone 0 added back"
+        );
+        assert_eq!(r.get(&(1, 11)), Some(&Tracked::Ranges(vec![(7 << 20, 1 << 20)])), "recorded meanwhile");
+        assert_eq!(log.changed_dirs(), HashSet::from([(1, 2)]));
+        // A prepared log dropped (its activity log removed meanwhile) leaves nothing behind.
+        let prepared = log.prepare_rewrite(|_, _| true, |_| true).unwrap();
+        drop(prepared);
+        assert!(!path.with_extension("new").exists());
     }
 
     #[test]
