@@ -341,10 +341,20 @@ impl ActivityLog {
         let still: HashSet<(u64, u64)> = a.touched.keys().map(|(k, _)| *k).collect();
         a.handles.retain(|k, _| still.contains(k));
         let (touched, dirs) = (&a.touched, &a.dirs);
-        let new = a
-            .log
-            .install(prepared, |key, zone| touched.contains_key(&(key, zone)), |key| dirs.contains_key(&key))
-            .map_err(|e: ZoneLogError| e.to_string())?;
+        let new = match a.log.install(
+            prepared,
+            |key, zone| touched.contains_key(&(key, zone)),
+            |key| dirs.contains_key(&key),
+        ) {
+            Ok(new) => new,
+            Err(e) => {
+                // The log in place may now be the new one, without what is recorded from here
+                // on: no log is safer (after a crash every file is compared).
+                self.failed.store(true, Ordering::Relaxed);
+                let _ = ZoneLog::remove(&self.path);
+                return Err(e.to_string());
+            }
+        };
         a.log = Arc::new(new);
         Ok(before - a.touched.len() - a.dirs.len())
     }
@@ -531,6 +541,29 @@ mod tests {
         al.before_write(f.as_fd(), seq, 7 << 20, 4096);
         assert_eq!(syncs() - base, 0);
         al.remove().unwrap();
+    }
+
+    #[test]
+    fn a_rewrite_that_cannot_be_put_in_place_leaves_no_log_to_trust() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let path = d.path().join("activity.log");
+        let window = Duration::from_secs(3600);
+        let fd: OwnedFd = std::fs::File::open(&data).unwrap().into();
+        let al = ActivityLog::start(&path, 1 << 20, window, vec![fd]).unwrap();
+        let f = std::fs::File::create(data.join("a")).unwrap();
+        let st = rustix::fs::fstat(&f).unwrap();
+        al.before_write(f.as_fd(), (st.st_dev, st.st_ino), 0, 1);
+        assert!(al.live().is_some());
+        // The rename over the log fails: a non-empty directory stands in its place.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), b"x").unwrap();
+        let later = Instant::now() + window + Duration::from_secs(1);
+        assert!(al.retire(later).is_err());
+        assert!(al.failed() && al.live().is_none(), "it vouches for nothing any more");
+        assert!(!path.with_extension("new").exists(), "the prepared log is not left behind");
     }
 
     #[test]
