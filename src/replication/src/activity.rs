@@ -429,15 +429,24 @@ impl Drop for ActivityLog {
 mod tests {
     use super::*;
 
-    #[test]
-    fn active_zones_are_durable_and_leave_only_after_the_window() {
+    /// A replicated directory `data` and an activity log for it, of `zone` bytes zones and a
+    /// window long enough that the thread never retires anything by itself here.
+    fn log_of_dir(zone: u64) -> (tempfile::TempDir, PathBuf, PathBuf, Arc<ActivityLog>) {
         let d = tempfile::tempdir().unwrap();
         let data = d.path().join("data");
         std::fs::create_dir(&data).unwrap();
         let path = d.path().join("activity.log");
-        let window = Duration::from_secs(3600); // the thread never retires anything by itself here
         let fd: OwnedFd = std::fs::File::open(&data).unwrap().into();
-        let al = ActivityLog::start(&path, 1 << 20, window, vec![fd]).unwrap();
+        let al = ActivityLog::start(&path, zone, WINDOW, vec![fd]).unwrap();
+        (d, data, path, al)
+    }
+
+    const WINDOW: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn active_zones_are_durable_and_leave_only_after_the_window() {
+        let (_d, data, path, al) = log_of_dir(1 << 20);
+        let window = WINDOW;
         let files: Vec<std::fs::File> = ["a", "b"]
             .iter()
             .map(|n| std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(data.join(n)).unwrap())
@@ -499,12 +508,7 @@ mod tests {
 
     #[test]
     fn a_sequential_writer_waits_for_a_record_every_32_mib_and_a_random_one_per_zone() {
-        let d = tempfile::tempdir().unwrap();
-        let data = d.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let path = d.path().join("activity.log");
-        let fd: OwnedFd = std::fs::File::open(&data).unwrap().into();
-        let al = ActivityLog::start(&path, 4 << 20, Duration::from_secs(3600), vec![fd]).unwrap();
+        let (_d, data, path, al) = log_of_dir(4 << 20);
         let f = std::fs::File::create(data.join("seq")).unwrap();
         let st = rustix::fs::fstat(&f).unwrap();
         let (seq, rnd) = ((st.st_dev, st.st_ino), (st.st_dev, st.st_ino + 1_000_000));
@@ -545,13 +549,8 @@ mod tests {
 
     #[test]
     fn a_rewrite_that_cannot_be_put_in_place_leaves_no_log_to_trust() {
-        let d = tempfile::tempdir().unwrap();
-        let data = d.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let path = d.path().join("activity.log");
-        let window = Duration::from_secs(3600);
-        let fd: OwnedFd = std::fs::File::open(&data).unwrap().into();
-        let al = ActivityLog::start(&path, 1 << 20, window, vec![fd]).unwrap();
+        let (_d, data, path, al) = log_of_dir(1 << 20);
+        let window = WINDOW;
         let f = std::fs::File::create(data.join("a")).unwrap();
         let st = rustix::fs::fstat(&f).unwrap();
         al.before_write(f.as_fd(), (st.st_dev, st.st_ino), 0, 1);
@@ -568,13 +567,8 @@ mod tests {
 
     #[test]
     fn directories_are_live_until_the_window_passes_and_need_no_sync() {
-        let d = tempfile::tempdir().unwrap();
-        let data = d.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let path = d.path().join("activity.log");
-        let window = Duration::from_secs(3600);
-        let fd: OwnedFd = std::fs::File::open(&data).unwrap().into();
-        let al = ActivityLog::start(&path, 1 << 20, window, vec![fd]).unwrap();
+        let (_d, _, path, al) = log_of_dir(1 << 20);
+        let window = WINDOW;
         al.before_dir_change((9, 1));
         al.before_dir_change((9, 1));
         al.before_dir_change((9, 2));
