@@ -204,6 +204,11 @@ impl ActivityLog {
         &self.path
     }
 
+    /// Appends made durable since the log was started or last rewritten (each one `fdatasync`).
+    pub fn records(&self) -> u64 {
+        self.lock().log.syncs()
+    }
+
     /// Whether a record could not be written (the log then vouches for nothing).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
