@@ -17,8 +17,8 @@
 //! the rename, with what was recorded meanwhile, holds up the writers). It
 //! syncs the files concerned (`fdatasync`, reopened by the file handle taken at their first
 //! record: `open_by_handle_at`), or the whole filesystem (`syncfs`) when they are many (over
-//! 256) or one cannot be reopened that way. A writer going on in order gets the next 32 MiB
-//! of zones recorded with the one it enters (one `fdatasync` for 9 zones rather than each). A
+//! 256) or one cannot be reopened that way. A writer going on in order gets zones ahead of it
+//! recorded with the one it enters (the zone log's own rule: up to 32 MiB ahead). A
 //! truncation or fallocate marks the file whole. Files are named by (st_dev, st_ino), and the
 //! replicated directories' own (st_dev, st_ino) are recorded first: a copy whose directory has
 //! another identity when the log is read (another filesystem, a device renumbered by a reboot)
@@ -54,9 +54,6 @@ type FileToSync = ((u64, u64), Option<Handle>);
 
 /// At most this many files are synced one by one at a retirement; more, and it is `syncfs`.
 const SYNC_ONE_BY_ONE: usize = 256;
-
-/// How far ahead of a sequential writer its zones are recorded (see [`ActivityLog::before_write`]).
-const RECORD_AHEAD: u64 = 32 << 20;
 
 /// A `struct file_handle` with room for the largest handle (MAX_HANDLE_SZ).
 #[repr(C)]
@@ -230,24 +227,16 @@ impl ActivityLog {
             *t = now;
             return;
         }
-        let first = (offset >> self.zone_shift) as u32;
-        let mut last = ((offset + len - 1) >> self.zone_shift) as u32;
-        // A writer going on in order (into a zone not active yet, from an active one or from
-        // just after one) gets the next zones recorded now too, in the same record: it then waits
-        // for one `fdatasync` of the log every RECORD_AHEAD bytes rather than every zone, behind
-        // its own writeback. After a crash those zones are sent again like the others (clipped
-        // to the file's size): at most RECORD_AHEAD more per file that was written in order.
-        let active = |z: u32| a.touched.contains_key(&(key, Some(z)));
-        if !active(last) && (first.saturating_sub(1)..last).any(active) {
-            last = last.saturating_add((RECORD_AHEAD >> self.zone_shift).max(1) as u32);
-        }
-        let (from, to) = ((first as u64) << self.zone_shift, ((last as u64) + 1) << self.zone_shift);
-        // `ZoneLog::before_write` records only the zones it does not hold yet; the ctime given
-        // is old so that it never turns a first write into a whole file.
-        a.log.before_write(key, from, to - from, std::time::UNIX_EPOCH);
+        // `ZoneLog::before_write` records only the zones it does not hold yet, and, for a writer
+        // going on in order, zones ahead of it (one `fdatasync` per 32 MiB or so rather than
+        // per zone). The ctime given is old so that it never turns a first write into a whole
+        // file.
+        let zones = a.log.before_write(key, offset, len, std::time::UNIX_EPOCH);
         if a.log.lost() {
             self.failed.store(true, Ordering::Relaxed);
         }
+        let (first, last) =
+            zones.unwrap_or(((offset >> self.zone_shift) as u32, ((offset + len - 1) >> self.zone_shift) as u32));
         for z in first..=last {
             a.touched.insert((key, Some(z)), now);
         }
@@ -512,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sequential_writer_waits_for_a_record_every_32_mib_and_a_random_one_per_zone() {
+    fn a_sequential_writer_waits_for_an_append_every_32_mib_and_a_random_one_per_zone() {
         let (_d, data, path, al) = log_of_dir(4 << 20);
         let f = std::fs::File::create(data.join("seq")).unwrap();
         let st = rustix::fs::fstat(&f).unwrap();
@@ -520,13 +509,13 @@ mod tests {
         let syncs = || al.lock().log.syncs();
         let base = syncs();
 
-        // 256 MiB in order, 1 MiB at a time: 64 zones of 4 MiB, recorded 9 at a time after the
-        // first (the zone written and the 8 of the next 32 MiB).
+        // 256 MiB in order, 1 MiB at a time: 64 zones of 4 MiB, recorded with 1, 2, 4 then 8
+        // zones (32 MiB) ahead: zones 0, 1, 2-3, 4-6, 7-11, 12-20, then 9 at a time up to 65.
         for i in 0..256u64 {
             al.before_write(f.as_fd(), seq, i << 20, 1 << 20);
         }
         let n = syncs() - base;
-        assert_eq!(n, 1 + 63u64.div_ceil(9), "one record for the first zone, then one per 9 zones");
+        assert_eq!(n, 11, "instead of 64");
         // Every zone written is in the log, durably, and at most 32 MiB past the last write.
         let r = ActivityLog::read(&path).unwrap();
         let Some(Tracked::Ranges(ranges)) = r.files.get(&seq) else { panic!("{:?}", r.files) };

@@ -103,7 +103,18 @@ struct State {
     names: bool,
     /// Appends made durable (each one `fdatasync`), for tests of what a writer waits for.
     syncs: u64,
+    /// Per file written in order lately: the zone after its last append, and how many appends
+    /// in a row went on where the one before ended (see [`ZoneLog::before_write`]). At most
+    /// RUNS_TRACKED files.
+    runs: HashMap<(u64, u64), (u32, u32)>,
 }
+
+/// How far ahead of a writer going on in order its zones may be recorded.
+pub const RECORD_AHEAD: u64 = 32 << 20;
+
+/// Files whose sequential writing is followed at once (a bound on memory: forgotten all at
+/// once past it, which costs only a few more appends).
+const RUNS_TRACKED: usize = 4096;
 
 /// A new log written and synced under a temporary name, not in place yet
 /// ([`ZoneLog::prepare_rewrite`]); dropped, it is removed.
@@ -182,6 +193,15 @@ fn record(kind: u8, zone: u32, key: (u64, u64)) -> [u8; 32] {
     let c = check(&r[..24]);
     r[24..].copy_from_slice(&c);
     r
+}
+
+/// The zones `from..=to` of `key` not recorded yet.
+fn unrecorded(st: &State, key: (u64, u64), from: u32, to: u32) -> Vec<u32> {
+    match st.files.get(&key) {
+        Some(FileState::Whole) => Vec::new(),
+        Some(FileState::Zones(z)) => (from..=to).filter(|n| !z.contains(n)).collect(),
+        None => (from..=to).collect(),
+    }
 }
 
 fn header(zone_shift: u32, started: SystemTime) -> [u8; 40] {
@@ -374,6 +394,7 @@ impl ZoneLog {
             dirs: HashSet::new(),
             names: false,
             syncs: 0,
+            runs: HashMap::new(),
         };
         let mut buf = vec![0u8; (GROWTH as usize).min(1 << 20)];
         let mut off = HEADER;
@@ -630,41 +651,71 @@ impl ZoneLog {
     /// Before a write of `len` bytes at `offset` into the file `key` (whose ctime is `ctime`
     /// before the write): records the zones not recorded yet, durably. The first record of a
     /// file whose ctime is recent marks it whole instead.
-    pub fn before_write(&self, key: (u64, u64), offset: u64, len: u64, ctime: SystemTime) {
+    ///
+    /// A writer going on in order (the first zone it needs is where this file's previous append
+    /// ended, twice in a row or more) gets zones ahead of it recorded in the same append: 1,
+    /// then twice as many each time, up to [`RECORD_AHEAD`] bytes. A sequential writer then
+    /// waits for one `fdatasync` per 32 MiB or so rather than per zone. Fewer zones ahead than
+    /// it wrote in order, and never past RECORD_AHEAD: what a catch-up may send more (clipped to
+    /// the file's size, so nothing for a file that grows). A write split in two at a zone's
+    /// edge gets nothing ahead.
+    ///
+    /// Returns the zones recorded for this write (now or before), ahead included; `None` when
+    /// the file is whole or the write empty.
+    pub fn before_write(&self, key: (u64, u64), offset: u64, len: u64, ctime: SystemTime) -> Option<(u32, u32)> {
         if len == 0 {
-            return;
-        }
-        let mut st = self.lock();
-        if st.lost {
-            return;
+            return None;
         }
         let first = (offset >> self.zone_shift) as u32;
-        let last = ((offset + len - 1) >> self.zone_shift) as u32;
-        let new: Vec<[u8; 32]> = match st.files.get(&key) {
-            Some(FileState::Whole) => return,
-            Some(FileState::Zones(z)) => {
-                (first..=last).filter(|n| !z.contains(n)).map(|n| record(ZONE, n, key)).collect()
-            }
-            None if self.recent(&st, ctime) => vec![record(WHOLE, 0, key)],
-            None => (first..=last).map(|n| record(ZONE, n, key)).collect(),
-        };
-        if new.is_empty() {
-            return;
+        let mut last = ((offset + len - 1) >> self.zone_shift) as u32;
+        let mut st = self.lock();
+        if st.lost {
+            return Some((first, last));
         }
+        if matches!(st.files.get(&key), Some(FileState::Whole)) {
+            return None;
+        }
+        let new: Vec<[u8; 32]> = if !st.files.contains_key(&key) && self.recent(&st, ctime) {
+            vec![record(WHOLE, 0, key)]
+        } else {
+            let Some(&need) = unrecorded(&st, key, first, last).first() else { return Some((first, last)) };
+            // How many appends of this file in a row each went on where the one before ended.
+            let streak = match st.runs.get(&key) {
+                Some(&(end, streak)) if end == need => streak.saturating_add(1),
+                _ => 0,
+            };
+            let ahead = match streak {
+                0 | 1 => 0,
+                n => (1u32 << (n - 2).min(31)).min(self.max_ahead()),
+            };
+            last = last.saturating_add(ahead);
+            if st.runs.len() >= RUNS_TRACKED && !st.runs.contains_key(&key) {
+                st.runs.clear();
+            }
+            st.runs.insert(key, (last.saturating_add(1), streak));
+            unrecorded(&st, key, first, last).into_iter().map(|n| record(ZONE, n, key)).collect()
+        };
         self.append(&mut st, &new);
         if st.lost {
-            return;
+            return Some((first, last));
         }
         match new[0][0] {
             WHOLE => {
                 st.files.insert(key, FileState::Whole);
+                None
             }
             _ => {
                 if let FileState::Zones(z) = st.files.entry(key).or_insert_with(|| FileState::Zones(BTreeSet::new())) {
                     z.extend(first..=last);
                 }
+                Some((first, last))
             }
         }
+    }
+
+    /// The most zones recorded ahead of a writer going on in order.
+    fn max_ahead(&self) -> u32 {
+        (RECORD_AHEAD >> self.zone_shift).max(1) as u32
     }
 
     /// Before a change that may make the recorded zones of `key` stand for other data
@@ -790,6 +841,53 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_in_order_gets_zones_recorded_ahead_doubling_up_to_32_mib() {
+        let d = tempfile::tempdir().unwrap();
+        let log = ZoneLog::open_with_margin(&d.path().join("zones"), 1 << 20, Duration::ZERO).unwrap();
+        let appends = |f: &dyn Fn()| {
+            let before = log.syncs();
+            f();
+            log.syncs() - before
+        };
+        // 512 MiB in order, 1 MiB writes, 1 MiB zones: zones 0 and 1 alone, then 1, 2, 4, 8,
+        // 16 and 32 zones ahead (2, 3, 5, 9, 17, 33 zones an append), then 33 at a time.
+        let n = appends(&|| {
+            for i in 0..512u64 {
+                log.before_write((1, 1), i << 20, 1 << 20, old());
+            }
+        });
+        assert_eq!(n, 22, "instead of 512");
+        let Some(Tracked::Ranges(r)) = log.lookup((1, 1), old()) else { panic!() };
+        let end = r[0].0 + r[0].1;
+        assert_eq!((r.len(), r[0].0), (1, 0));
+        assert!((512 << 20..=(512 + 32) << 20).contains(&end), "never more than 32 MiB ahead: {end}");
+        // A write split in two at a zone's edge: nothing ahead. A writer that stops early leaves
+        // fewer zones ahead than it wrote in order.
+        log.before_write((1, 2), (1 << 20) - 3, 3, old());
+        log.before_write((1, 2), 1 << 20, 3, old());
+        assert_eq!(log.lookup((1, 2), old()), Some(Tracked::Ranges(vec![(0, 2 << 20)])));
+        log.before_write((1, 2), 2 << 20, 1 << 20, old());
+        assert_eq!(log.lookup((1, 2), old()), Some(Tracked::Ranges(vec![(0, 4 << 20)])), "3 zones written, 1 ahead");
+        // Out of order, or back to an earlier place: nothing ahead, one append per new zone.
+        let n = appends(&|| {
+            for z in [40u64, 3, 17, 29, 8, 41 + 7, 2] {
+                log.before_write((1, 3), z << 20, 4096, old());
+            }
+        });
+        assert_eq!(n, 7);
+        let Some(Tracked::Ranges(r)) = log.lookup((1, 3), old()) else { panic!() };
+        assert_eq!(r.iter().map(|(_, l)| l).sum::<u64>(), 7 << 20, "{r:?}");
+        // The run of each file is its own: two files written in order, interleaved.
+        let n = appends(&|| {
+            for i in 0..64u64 {
+                log.before_write((1, 4), i << 20, 1 << 20, old());
+                log.before_write((1, 5), i << 20, 1 << 20, old());
+            }
+        });
+        assert!(n <= 2 * 8, "{n} appends for 2 × 64 zones");
+    }
+
+    #[test]
     fn names_are_recorded_once_kept_by_a_rewrite_and_vouched_with_no_margin() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("zones");
@@ -844,7 +942,8 @@ mod tests {
         let path = d.path().join("activity");
         let log = ZoneLog::open_with_margin(&path, 1 << 20, Duration::ZERO).unwrap();
         log.record_root(0, (1, 1));
-        for z in 0..4u64 {
+        // Out of order: no zone recorded ahead.
+        for z in [3u64, 1, 0, 2] {
             log.before_write((1, 10), z << 20, 1, old());
         }
         log.before_dir_change((1, 2));
