@@ -110,7 +110,10 @@ fn pipelining_batches_many_submits() {
     assert!(data.starts_with(b"record 00000000\n"));
     assert!(data.ends_with(format!("record {:08}\n", N - 1).as_bytes()));
     println!("{N} writes of 16 bytes, one wait: {took:?}, {} batches", stats.batches);
-    assert!(stats.batches < N / 10, "ops were batched: {} batches for {N} ops", stats.batches);
+    // How many batches depends on how far the submitter runs ahead of the writer thread: 2 to
+    // 2429 in 20 runs alone on this 2-CPU machine (a bound of N / 10 failed 3 of them), 1 to 63
+    // beside 3 busy loops, 3065 once in CI. Without batching it would be one batch per op.
+    assert!(stats.batches < N / 2, "ops were batched: {} batches for {N} ops", stats.batches);
 }
 
 #[test]
