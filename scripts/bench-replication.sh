@@ -11,8 +11,8 @@
 #   BENCH_SEQ_SIZE=512m    size of the sequential 1 MiB job (fio size)
 #   BENCH_RAND_SIZE=64m    file of the 4 KiB random-write job (fio size)
 #   BENCH_RAND_RUNTIME=20  at most this many seconds per random-write job
-#   BENCH_TARGETS=a,b,c,d,e  the targets run, in this order within a round (by letter)
-#   BENCH_JOBS=seq-1m,rand-4k-fsync  the jobs run
+#   BENCH_TARGETS=a,b,c,d,e  the targets run, in this order within a round (by letter, each once)
+#   BENCH_JOBS=seq-1m,rand-4k-fsync  the jobs run (each once)
 #   BENCH_KEEP_LOGS=1      keep the bench's working directory (configuration, daemon logs, fio JSON)
 #
 # Exit code: the bench's (1 when something could not be measured or the two copies differ; the

@@ -266,6 +266,16 @@ fn bench() -> Result<bool> {
                 .ok_or_else(|| anyhow!("BENCH_JOBS={jobs_s:?}: {:?} is not a job (seq-1m or rand-4k-fsync)", j.trim()))
         })
         .collect::<Result<Vec<_>>>()?;
+    for (i, t) in targets.iter().enumerate() {
+        if targets[..i].contains(t) {
+            bail!("BENCH_TARGETS={targets_s:?}: {} is named twice", t.name());
+        }
+    }
+    for (i, j) in jobs.iter().enumerate() {
+        if jobs[..i].contains(j) {
+            bail!("BENCH_JOBS={jobs_s:?}: {} is named twice", j.name());
+        }
+    }
     let p = Params {
         runs,
         targets,

@@ -195,12 +195,12 @@ fn record(kind: u8, zone: u32, key: (u64, u64)) -> [u8; 32] {
     r
 }
 
-/// The zones `from..=to` of `key` not recorded yet.
-fn unrecorded(st: &State, key: (u64, u64), from: u32, to: u32) -> Vec<u32> {
+/// Whether zone `n` of `key` is recorded (or the whole file is).
+fn recorded(st: &State, key: (u64, u64), n: u32) -> bool {
     match st.files.get(&key) {
-        Some(FileState::Whole) => Vec::new(),
-        Some(FileState::Zones(z)) => (from..=to).filter(|n| !z.contains(n)).collect(),
-        None => (from..=to).collect(),
+        Some(FileState::Whole) => true,
+        Some(FileState::Zones(z)) => z.contains(&n),
+        None => false,
     }
 }
 
@@ -314,19 +314,9 @@ impl ZoneLog {
     }
 
     /// Replaces the log with a new one (same zone size, tracking from now) holding only the
-    /// roots, the whole files, the zones `keep` accepts and the directories `keep_dir` accepts:
-    /// see [`ZoneLog::create`].
-    pub fn rewrite(
-        &self,
-        keep: impl Fn((u64, u64), Option<u32>) -> bool,
-        keep_dir: impl Fn((u64, u64)) -> bool,
-    ) -> Result<ZoneLog, ZoneLogError> {
-        let records = self.kept(keep, keep_dir);
-        ZoneLog::create(&self.path, self.zone_shift, self.margin, &records)
-    }
-
-    /// [`ZoneLog::rewrite`] in two steps, for a log that is written meanwhile: this one writes
-    /// and syncs the new log under another name, and [`ZoneLog::install`] then adds what was
+    /// roots, the whole files, the zones `keep` accepts and the directories `keep_dir` accepts,
+    /// in two steps, for a log that is written meanwhile: this one writes and syncs the new log
+    /// under another name (see [`ZoneLog::create`]), and [`ZoneLog::install`] then adds what was
     /// recorded since and puts it in place.
     pub fn prepare_rewrite(
         &self,
@@ -351,7 +341,8 @@ impl ZoneLog {
         prepared.install(&self.path, self.zone_shift, self.margin, &missing)
     }
 
-    /// The records of a new log holding what `keep` and `keep_dir` accept (see [`ZoneLog::rewrite`]).
+    /// The records of a new log holding what `keep` and `keep_dir` accept (see
+    /// [`ZoneLog::prepare_rewrite`]).
     fn kept(
         &self,
         keep: impl Fn((u64, u64), Option<u32>) -> bool,
@@ -678,7 +669,7 @@ impl ZoneLog {
         let new: Vec<[u8; 32]> = if !st.files.contains_key(&key) && self.recent(&st, ctime) {
             vec![record(WHOLE, 0, key)]
         } else {
-            let Some(&need) = unrecorded(&st, key, first, last).first() else { return Some((first, last)) };
+            let Some(need) = (first..=last).find(|n| !recorded(&st, key, *n)) else { return Some((first, last)) };
             // How many appends of this file in a row each went on where the one before ended.
             let streak = match st.runs.get(&key) {
                 Some(&(end, streak)) if end == need => streak.saturating_add(1),
@@ -693,7 +684,7 @@ impl ZoneLog {
                 st.runs.clear();
             }
             st.runs.insert(key, (last.saturating_add(1), streak));
-            unrecorded(&st, key, first, last).into_iter().map(|n| record(ZONE, n, key)).collect()
+            (first..=last).filter(|n| !recorded(&st, key, *n)).map(|n| record(ZONE, n, key)).collect()
         };
         self.append(&mut st, &new);
         if st.lost {
@@ -925,7 +916,8 @@ mod tests {
         assert_eq!(log.lookup((1, 60), old()), Some(Tracked::Ranges(vec![(0, 2 << 20), (5 << 20, 1 << 20)])));
         assert_eq!(log.lookup((1, 61), old()), Some(Tracked::Whole));
         // A rewrite (the activity log's retirement) keeps the directories asked for and NAMES.
-        let new = log.rewrite(|_, _| true, |k| k != (1, 3)).unwrap();
+        let keep_dir = |k| k != (1, 3);
+        let new = log.install(log.prepare_rewrite(|_, _| true, keep_dir).unwrap(), |_, _| true, keep_dir).unwrap();
         drop((log, new));
         let log = ZoneLog::open_or_start(&path, 1 << 20).unwrap();
         assert!(log.names_complete());
